@@ -1,0 +1,34 @@
+# Set-up and entry points; everything works on a fresh clone with python3 and pip.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch pinned: 2.13.0 is the CPU wheel available locally; other versions pull a CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --cores all
+	@echo "metrics: results/demo/metrics.csv"
+	@cat results/demo/summary.csv
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint --cores 1
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_predict.py
+
+clean:
+	rm -rf results data/demo .snakemake

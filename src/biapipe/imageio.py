@@ -1,0 +1,190 @@
+"""Reading and writing images, tables and arrays, always atomically.
+
+Every writer produces its output under a temporary sibling name and renames it into
+place, so a job killed half-way never leaves a file that looks finished to Snakemake
+or to a later stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tifffile
+import zarr
+
+from .axes import canonical_image, canonical_label
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy")
+
+#: dtypes accepted as raw image input; anything else (complex, object, bool) is rejected.
+SUPPORTED_IMAGE_KINDS = "uif"
+
+
+def image_id(path: str | Path) -> str:
+    """Name of a sample: the file name without its image suffix (``a.ome.tif`` -> ``a``)."""
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def is_image_file(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES) and not path.name.startswith(".")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def open_array(path: str | Path) -> Any:
+    """Open an image lazily: a zarr.Array for Zarr, a numpy memmap or array for TIFF/npy.
+
+    Zarr groups (OME-Zarr) resolve to their first multiscale level or to their only array.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    suffix = path.name.lower()
+    try:
+        if suffix.endswith(".zarr"):
+            return _open_zarr(path)
+        if suffix.endswith(".npy"):
+            return np.load(path, mmap_mode="r")
+        if suffix.endswith((".tif", ".tiff")):
+            return _read_tiff(path)
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile/zarr raise many types for corrupt files
+        raise InputError(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
+    raise InputError(path, "unsupported file type (expected .tif, .tiff, .zarr or .npy)")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    with tifffile.TiffFile(path) as tif:
+        arr = tif.asarray()
+    return arr
+
+
+def _open_zarr(path: Path) -> zarr.Array:
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if multiscales:
+        return node[multiscales[0]["datasets"][0]["path"]]
+    arrays = list(node.array_keys())
+    if len(arrays) == 1:
+        return node[arrays[0]]
+    raise InputError(path, f"Zarr group holds {len(arrays)} arrays and no OME multiscales; point to one array")
+
+
+def read_array(path: str | Path) -> np.ndarray:
+    """Read a whole image into memory as a numpy array of its stored dtype."""
+    arr = open_array(path)
+    try:
+        return np.asarray(arr[...])
+    except Exception as exc:
+        raise InputError(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
+
+
+def read_image(path: str | Path, ndim: int, axes: str | None = None) -> np.ndarray:
+    """Read an image as (Z)YXC with its stored dtype; rejects unsupported dtypes."""
+    arr = read_array(path)
+    check_image_dtype(arr.dtype, path)
+    return canonical_image(arr, ndim, path, axes)
+
+
+def read_label(path: str | Path, ndim: int) -> np.ndarray:
+    """Read a label image as (Z)YX; labels must be integers (or integral floats)."""
+    arr = read_array(path)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise InputError(path, "label image contains NaN or Inf")
+        if not np.all(arr == np.round(arr)):
+            raise InputError(path, f"label image has non-integer values (dtype {arr.dtype})")
+        arr = arr.astype(np.int64)
+    elif arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind not in "ui":
+        raise InputError(path, f"unsupported label dtype {arr.dtype}")
+    return canonical_label(arr, ndim, path)
+
+
+def check_image_dtype(dtype: np.dtype, path: str | Path | None = None) -> None:
+    if np.dtype(dtype).kind not in SUPPORTED_IMAGE_KINDS:
+        raise InputError(path, f"unsupported image dtype {dtype} (expected integer or float pixels)")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success move it onto ``path``, else delete it.
+
+    Works for files and for directories (Zarr stores). The temporary name keeps the
+    suffix so libraries that dispatch on it (tifffile, zarr) behave as for the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{''.join(path.suffixes[-1:])}")
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+
+
+def write_tiff(path: str | Path, arr: np.ndarray, compress: bool = True) -> None:
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, arr, compression="zlib" if compress else None)
+
+
+def write_zarr(
+    path: str | Path,
+    arr: np.ndarray,
+    chunks: tuple[int, ...] | None = None,
+    attrs: dict[str, Any] | None = None,
+) -> None:
+    """Write a whole array as a compressed Zarr (v3) store."""
+    with atomic_path(path) as tmp:
+        z = zarr.create_array(
+            store=str(tmp), shape=arr.shape, dtype=arr.dtype, chunks=chunks or "auto", overwrite=True
+        )
+        z[...] = arr
+        if attrs:
+            z.attrs.update(attrs)
+
+
+def write_csv(path: str | Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,81 @@
+"""The contract every workflow (semantic, instance, detection, ...) fulfils.
+
+Training and prediction are written once against this interface; a new workflow adds
+a Task subclass (targets, loss, activation, post-processing, metrics) and nothing in
+``train.py`` or ``predict.py`` changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+class Task(ABC):
+    """Workflow-specific behaviour, configured by the validated experiment config."""
+
+    #: value of the config's ``workflow`` key
+    name: ClassVar[str]
+    #: folder under results/{experiment}/ holding post-processed outputs
+    output_dir: ClassVar[str]
+    #: file suffix of one post-processed output
+    output_suffix: ClassVar[str]
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.ndim: int = cfg["ndim"]
+
+    # ------------------------------------------------------------------ training side
+    @abstractmethod
+    def out_channels(self) -> int:
+        """Number of channels the model must output (logits)."""
+
+    @abstractmethod
+    def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+        """Turn a (Z)YX label image into the (Z)YXC training target stored in targets/{image}.zarr.
+
+        Integer targets (class maps) use -1 for ignored pixels; float targets are per-channel maps.
+        Raises InputError naming ``path`` when the labels do not fit the task (e.g. class out of range).
+        """
+
+    @abstractmethod
+    def foreground(self, target: np.ndarray) -> np.ndarray:
+        """Boolean (Z)YX mask of pixels worth centring a training patch on."""
+
+    @abstractmethod
+    def loss(self) -> torch.nn.Module:
+        """Loss taking (logits N,C,(Z)YX, target N,Ct,(Z)YX) and returning a scalar."""
+
+    # ------------------------------------------------------------------ prediction side
+    @abstractmethod
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Map logits N,C,(Z)YX to the quantities that are blended across tiles and stored."""
+
+    @abstractmethod
+    def postprocess(self, prediction: np.ndarray) -> Any:
+        """Turn a (Z)YXC prediction into the final output (mask, labels, points table)."""
+
+    @abstractmethod
+    def write_output(self, path: str | Path, output: Any) -> None:
+        """Write a post-processed output atomically."""
+
+    @abstractmethod
+    def read_output(self, path: str | Path) -> Any:
+        """Read back what write_output wrote."""
+
+    # ------------------------------------------------------------------ metrics
+    @abstractmethod
+    def evaluate(self, output: Any, label: np.ndarray) -> dict[str, float]:
+        """Metrics of one image: post-processed output against its (Z)YX ground-truth labels."""
+
+    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+        """Dataset-level figures from the per-image table (default: mean of numeric columns)."""
+        numeric = metrics.select_dtypes("number")
+        row = {"n_images": len(metrics)}
+        row.update({f"mean_{c}": float(numeric[c].mean()) for c in numeric.columns})
+        return pd.DataFrame([row])
