@@ -15,6 +15,10 @@ def get_task(cfg: dict[str, Any]) -> Task:
         from .semantic import SemanticTask
 
         return SemanticTask(cfg)
+    if name == "instance":
+        from .instance import InstanceTask
+
+        return InstanceTask(cfg)
     raise ConfigError("workflow", f"'{name}' is not implemented yet")
 
 

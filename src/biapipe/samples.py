@@ -1,0 +1,169 @@
+"""Which images belong to which split, and which label goes with which image.
+
+Discovery runs when Snakemake parses the workflow, so it must be cheap for tens of
+thousands of files: it lists folders once and reads no pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import ConfigError, InputError
+from .imageio import IMAGE_SUFFIXES, image_id
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: str
+    image: str
+    label: str | None
+    split: str
+
+
+@dataclass
+class Dataset:
+    train: list[Sample] = field(default_factory=list)
+    val: list[Sample] = field(default_factory=list)
+    test: list[Sample] = field(default_factory=list)
+    #: True when validation images were carved out of the training folder
+    val_from_train: bool = False
+
+    def all(self) -> list[Sample]:
+        return [*self.train, *self.val, *self.test]
+
+    def by_id(self) -> dict[str, Sample]:
+        return {s.id: s for s in self.all()}
+
+
+def list_images(folder: str | Path) -> dict[str, str]:
+    """Map sample id -> path for the image files (or Zarr stores) directly in ``folder``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(folder, "folder not found")
+    found: dict[str, str] = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            sid = image_id(name)
+            if sid in found:
+                raise InputError(folder / name, f"two files share the sample name '{sid}' ({Path(found[sid]).name})")
+            found[sid] = str(folder / name)
+    return dict(sorted(found.items()))
+
+
+def pair_split(split: str, spec: dict[str, Any], label_required: bool) -> list[Sample]:
+    """Pair images with labels by name; any unpaired file on either side is an error."""
+    images = list_images(spec["images"])
+    if not images:
+        raise InputError(spec["images"], f"no images ({', '.join(IMAGE_SUFFIXES)}) in the {split} folder")
+    labels_dir = spec.get("labels")
+    if not labels_dir:
+        if label_required:
+            raise ConfigError(f"data.{split}.labels", "is required for training data")
+        return [Sample(i, p, None, split) for i, p in images.items()]
+    labels = list_images(labels_dir)
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise InputError(images[missing[0]], f"has no label in {labels_dir} ({len(missing)} image(s) without label)")
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise InputError(labels[orphans[0]], f"is a label without an image in {spec['images']} ({len(orphans)} such label(s))")
+    return [Sample(i, p, labels[i], split) for i, p in images.items()]
+
+
+def read_sample_sheet(path: str | Path) -> list[Sample]:
+    """Samples from a CSV with columns image, label, split (paths relative to the sheet)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "sample sheet not found")
+    sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = {"image", "split"} - set(sheet.columns)
+    if missing:
+        raise InputError(path, f"sample sheet lacks column(s) {', '.join(sorted(missing))} (needs image, label, split)")
+    samples = []
+    for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
+        split = row.split.strip()
+        if split not in SPLITS:
+            raise InputError(path, f"line {row_no}: split '{split}' is not one of {', '.join(SPLITS)}")
+        image = _resolve(path.parent, row.image)
+        label = _resolve(path.parent, getattr(row, "label", "")) if getattr(row, "label", "") else None
+        for f in (image, label):
+            if f is not None and not os.path.exists(f):
+                raise InputError(f, f"file not found (sample sheet {path}, line {row_no})")
+        if split != "test" and label is None:
+            raise InputError(path, f"line {row_no}: {split} image {row.image} has no label")
+        samples.append(Sample(image_id(image), image, label, split))
+    return samples
+
+
+def _resolve(base: Path, rel: str) -> str:
+    p = Path(rel.strip())
+    return str(p if p.is_absolute() else base / p)
+
+
+def demo_samples(cfg: dict[str, Any]) -> list[Sample]:
+    """The samples the demo-data rule will create; known before the files exist."""
+    from .demo import demo_ids
+
+    demo = cfg["data"]["demo"]
+    ids = demo_ids(demo["n_train"], demo["n_val"], demo["n_test"])
+    folder = Path(demo["folder"])
+    return [
+        Sample(i, str(folder / split / "images" / f"{i}.tif"), str(folder / split / "labels" / f"{i}.tif"), split)
+        for split, names in ids.items()
+        for i in names
+    ]
+
+
+def discover(cfg: dict[str, Any]) -> Dataset:
+    """All samples of an experiment by split, with validation carved out if needed."""
+    data = cfg["data"]
+    if data.get("demo"):
+        samples = demo_samples(cfg)
+    elif data.get("samples"):
+        samples = read_sample_sheet(data["samples"])
+    else:
+        samples = []
+        for split in SPLITS:
+            spec = data.get(split)
+            if spec:
+                samples += pair_split(split, spec, label_required=split != "test")
+    ds = Dataset()
+    for s in samples:
+        getattr(ds, s.split).append(s)
+    _check_unique_ids(ds)
+    if not ds.train:
+        raise ConfigError("data.train", "no training images")
+    if not ds.val and cfg["train"]["val_fraction"] > 0 and len(ds.train) > 1:
+        ds.train, ds.val = split_validation(ds.train, cfg["train"]["val_fraction"], cfg["seed"])
+        ds.val_from_train = True
+    return ds
+
+
+def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Hold out whole images (never patches of the same image) for validation, by seed."""
+    n_val = max(1, int(round(fraction * len(train))))
+    n_val = min(n_val, len(train) - 1)
+    order = np.random.default_rng(seed).permutation(len(train))
+    val_idx = set(order[:n_val].tolist())
+    keep = [s for i, s in enumerate(train) if i not in val_idx]
+    val = [Sample(s.id, s.image, s.label, "val") for i, s in enumerate(train) if i in val_idx]
+    return keep, val
+
+
+def _check_unique_ids(ds: Dataset) -> None:
+    seen: dict[str, Sample] = {}
+    for s in ds.all():
+        if s.id in seen:
+            raise InputError(s.image, f"sample name '{s.id}' is also used by {seen[s.id].image}; names must be unique across splits")
+        seen[s.id] = s

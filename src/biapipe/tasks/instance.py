@@ -1,0 +1,184 @@
+"""Instance segmentation: every object gets its own label id.
+
+The model predicts per-pixel maps chosen in ``targets.instance.channels`` (foreground,
+contour, distances, centroids, touching areas); a marker-controlled watershed turns
+them back into objects, and objects are scored by one-to-one IoU matching.
+
+Activation follows the loss of each channel, so what is stored is what the loss
+trained: ``bce``/``dice``/``bce_dice`` channels are trained through a sigmoid and are
+activated by one; ``l1``/``mse`` channels are regressed on the raw output and are only
+clamped to their range ([0, 1], or [-1, 1] for the signed distance). A tanh on a
+regressed signed distance would squash values the network already learned (0.76 for 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import imageio
+from ..errors import ConfigError, InputError
+from ..metrics.instance import DEFAULT_IOU_THRESHOLDS, matching_metrics, summarize_matching
+from ..postprocess.instance import (
+    InstanceParams,
+    instance_postprocess,
+    label_dtype,
+    object_table,
+    tune_thresholds,
+)
+from ..targets_instance import BINARY_CHANNELS, CHANNEL_RANGES, TargetSpec, instance_targets, prepare_labels
+from .base import Task
+
+#: Loss of each channel when ``targets.instance.loss`` is not given.
+DEFAULT_LOSS = {"foreground": "bce_dice", "contour": "bce_dice", "centroid": "bce_dice", "touching": "bce_dice",
+                "distance": "l1", "signed_distance": "l1"}
+SIGMOID_KINDS = frozenset({"bce", "dice", "bce_dice"})
+
+
+def tuned_thresholds_path(cfg: dict[str, Any]) -> Path:
+    """Where the tuning step writes, and ``postprocess.instance.tuned`` reads, the thresholds."""
+    return Path(cfg["results"]) / cfg["experiment"] / "tuning" / "instance_thresholds.json"
+
+
+class InstanceTask(Task):
+    name: ClassVar[str] = "instance"
+    output_dir: ClassVar[str] = "labels"
+    output_suffix: ClassVar[str] = ".tif"
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        tcfg = cfg.get("targets", {}).get("instance", {})
+        self.voxel_size: list[float] | None = cfg.get("data", {}).get("voxel_size")
+        self.spec = TargetSpec(
+            channels=tuple(tcfg.get("channels", ("foreground", "contour"))),
+            contour_mode=tcfg.get("contour_mode", "thick"),
+            contour_width=float(tcfg.get("contour_width", 1.0)),
+            centroid_radius=float(tcfg.get("centroid_radius", 2.0)),
+            background_distance=tcfg.get("background_distance"),
+            voxel_size=None if self.voxel_size is None else tuple(self.voxel_size),
+        )
+        self.channels: tuple[str, ...] = self.spec.channels
+        self.loss_kinds = _loss_kinds(self.channels, tcfg.get("loss"))
+        self.loss_weights = _loss_weights(self.channels, tcfg.get("loss_weights"))
+        self.pp_cfg: dict[str, Any] = cfg.get("postprocess", {}).get("instance", {})
+        self.params = InstanceParams.from_config(self.pp_cfg)
+        self.iou_thresholds: list[float] = list(cfg.get("evaluate", {}).get("iou_thresholds", DEFAULT_IOU_THRESHOLDS))
+
+    # ------------------------------------------------------------------ training side
+    def out_channels(self) -> int:
+        return len(self.channels)
+
+    def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+        return instance_targets(prepare_labels(label, path), self.spec)
+
+    def foreground(self, target: np.ndarray) -> np.ndarray:
+        for name, level in (("foreground", 0.5), ("signed_distance", 0.0), ("distance", 0.0)):
+            if name in self.channels:
+                return target[..., self.channels.index(name)] > level
+        raise AssertionError("check_channels guarantees a foreground-like channel")
+
+    def loss(self) -> torch.nn.Module:
+        from ..losses import PerChannelLoss  # lazy: keeps prediction-only imports light
+
+        weights = self.cfg.get("train", {}).get("loss", {})
+        return PerChannelLoss(self.loss_kinds, self.loss_weights, bce_weight=weights.get("ce", 1.0),
+                              dice_weight=weights.get("dice", 1.0))
+
+    # ------------------------------------------------------------------ prediction side
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for c, (name, kind) in enumerate(zip(self.channels, self.loss_kinds)):
+            x = logits[:, c:c + 1]
+            if kind in SIGMOID_KINDS:
+                parts.append(torch.sigmoid(x))
+            else:
+                low, high = CHANNEL_RANGES[name]
+                parts.append(x.clamp(low, high))
+        return torch.cat(parts, dim=1)
+
+    def postprocess(self, prediction: np.ndarray) -> np.ndarray:
+        return instance_postprocess(prediction, self.channels, self.postprocess_params(), self.voxel_size)
+
+    def postprocess_params(self) -> InstanceParams:
+        """Config thresholds, replaced by the tuned ones when ``postprocess.instance.tuned`` is set."""
+        if not self.pp_cfg.get("tuned", False):
+            return self.params
+        path = tuned_thresholds_path(self.cfg)
+        if not path.is_file():
+            raise InputError(path, "postprocess.instance.tuned is true but the tuned thresholds file does not "
+                                   "exist; run the tuning step on validation data first")
+        tuned = imageio.read_json(path)
+        if list(tuned.get("channels", [])) != list(self.channels):
+            raise InputError(path, f"thresholds were tuned for channels {tuned.get('channels')} but "
+                                   f"targets.instance.channels is {list(self.channels)}; tune again")
+        return self.params.with_thresholds(tuned["thresholds"])
+
+    def write_output(self, path: str | Path, output: np.ndarray) -> None:
+        output = np.asarray(output)
+        imageio.write_tiff(path, output.astype(label_dtype(int(output.max(initial=0))), copy=False))
+
+    def read_output(self, path: str | Path) -> np.ndarray:
+        return imageio.read_label(path, self.ndim)
+
+    def objects(self, labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
+        """Per-object table (label, size, centroid, bounding box, mean intensity when ``image`` is given)."""
+        return object_table(labels, image, self.voxel_size)
+
+    # ------------------------------------------------------------------ threshold tuning
+    def tune(self, predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Tune seed/mask thresholds on validation predictions (activated, (Z)YXC) and their labels."""
+        gts = [prepare_labels(lab) for lab in labels]
+        return tune_thresholds(predictions, gts, self.channels, self.params, self.voxel_size)
+
+    def tune_files(self, prediction_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                   out_json: str | Path | None = None) -> dict[str, Any]:
+        """File-level tuning for the workflow: reads predictions (Zarr) and labels, writes the JSON."""
+        predictions = [imageio.read_array(p) for p in prediction_paths]
+        labels = [prepare_labels(imageio.read_label(p, self.ndim), p) for p in label_paths]
+        for pred, lab, path in zip(predictions, labels, prediction_paths):
+            if pred.shape[:-1] != lab.shape:
+                raise InputError(path, f"prediction of shape {pred.shape[:-1]} does not match its label {lab.shape}")
+        result = tune_thresholds(predictions, labels, self.channels, self.params, self.voxel_size)
+        imageio.write_json(out_json or tuned_thresholds_path(self.cfg), result)
+        return result
+
+    # ------------------------------------------------------------------ metrics
+    def evaluate(self, output: np.ndarray, label: np.ndarray, path: str | Path | None = None) -> dict[str, float]:
+        gt = prepare_labels(label, path)
+        output = np.asarray(output)
+        if output.shape != gt.shape:
+            raise InputError(path, f"prediction of shape {output.shape} does not match ground truth of shape {gt.shape}")
+        return matching_metrics(output, gt, self.iou_thresholds)
+
+    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+        """Pooled figures (summed TP/FP/FN over images) and per-image means, per IoU threshold."""
+        return pd.DataFrame([summarize_matching(metrics, self.iou_thresholds)])
+
+
+def _loss_kinds(channels: Sequence[str], kinds: Sequence[str] | None) -> list[str]:
+    key = "targets.instance.loss"
+    if kinds is None:
+        return [DEFAULT_LOSS[c] for c in channels]
+    kinds = list(kinds)
+    if len(kinds) != len(channels):
+        raise ConfigError(key, f"has {len(kinds)} entries but targets.instance.channels has {len(channels)}")
+    for name, kind in zip(channels, kinds):
+        if name == "signed_distance" and kind in SIGMOID_KINDS:
+            raise ConfigError(key, f"'{kind}' cannot fit signed_distance (values in [-1, 1]); use l1 or mse")
+        if name in BINARY_CHANNELS and kind not in SIGMOID_KINDS | {"l1", "mse"}:
+            raise ConfigError(key, f"unknown loss '{kind}' for channel {name}")
+    return kinds
+
+
+def _loss_weights(channels: Sequence[str], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(channels)
+    if len(weights) != len(channels):
+        raise ConfigError("targets.instance.loss_weights",
+                          f"has {len(weights)} entries but targets.instance.channels has {len(channels)}")
+    return [float(w) for w in weights]

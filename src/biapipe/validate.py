@@ -1,0 +1,113 @@
+"""Checks of the whole dataset that run before any job, from file headers alone.
+
+Pixel-level checks (NaN/Inf, label values) need the data and run in the per-image
+normalize/targets jobs, which the workflow schedules ahead of training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .axes import canonical_image, canonical_label
+from .errors import InputError
+from .imageio import check_image_dtype, open_array
+from .samples import Dataset, Sample
+
+
+def probe(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an image file without reading its pixels."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".tif", ".tiff")):
+        import tifffile
+
+        if not path.exists():
+            raise InputError(path, "file not found")
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(series.shape), np.dtype(series.dtype)
+        except Exception as exc:
+            raise InputError(path, f"cannot read TIFF ({type(exc).__name__}: {exc})") from exc
+    arr = open_array(path)
+    return tuple(arr.shape), np.dtype(arr.dtype)
+
+
+class ProbeCache:
+    """Remembers probe results by (path, size, mtime) so reparsing a big dataset stays cheap."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path else None
+        self.entries: dict[str, list[Any]] = {}
+        self.dirty = False
+        if self.path and self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, ValueError):
+                self.entries = {}
+
+    def get(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError as exc:
+            raise InputError(path, "file not found") from exc
+        key = [st.st_size, st.st_mtime_ns]
+        hit = self.entries.get(path)
+        if hit and hit[:2] == key:
+            return tuple(hit[2]), np.dtype(hit[3])
+        shape, dtype = probe(path)
+        self.entries[path] = [*key, list(shape), dtype.str]
+        self.dirty = True
+        return shape, dtype
+
+    def save(self) -> None:
+        if self.path and self.dirty:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.entries))
+            os.replace(tmp, self.path)
+
+
+def spatial_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str, axes: str | None) -> tuple[int, ...]:
+    """Canonical (Z)YX shape of an image, using the one axes function on a zero-size view."""
+    view = np.broadcast_to(np.zeros((), dtype=dtype), shape)
+    return tuple(canonical_image(view, ndim, path, axes).shape[:-1])
+
+
+def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> None:
+    ndim = cfg["ndim"]
+    shape, dtype = cache.get(sample.image)
+    check_image_dtype(dtype, sample.image)
+    img_shape = spatial_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
+    if sample.label is not None:
+        lshape, ldtype = cache.get(sample.label)
+        if ldtype.kind not in "uifb":
+            raise InputError(sample.label, f"unsupported label dtype {ldtype}")
+        view = np.broadcast_to(np.zeros((), dtype=ldtype), lshape)
+        lab_shape = tuple(canonical_label(view, ndim, sample.label).shape)
+        if lab_shape != img_shape:
+            raise InputError(
+                sample.label, f"label shape {lab_shape} does not match image {sample.image} of shape {img_shape}"
+            )
+    if sample.split in ("train", "val") and not cfg["train"]["pad"]:
+        patch = tuple(cfg["train"]["patch_size"])
+        if any(s < p for s, p in zip(img_shape, patch)):
+            raise InputError(
+                sample.image,
+                f"image of shape {img_shape} is smaller than train.patch_size {list(patch)}; set train.pad: true or use a smaller patch",
+            )
+
+
+def check_dataset(ds: Dataset, cfg: dict[str, Any], cache_path: str | Path | None = None) -> None:
+    """Raise InputError for the first sample whose files are unusable."""
+    cache = ProbeCache(cache_path)
+    try:
+        for sample in ds.all():
+            check_sample(sample, cfg, cache)
+    finally:
+        cache.save()

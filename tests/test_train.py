@@ -1,0 +1,227 @@
+"""The training loop: learning, outputs, checkpoints, determinism, resume, early stopping."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from biapipe.config import validate_config
+from biapipe.errors import InputError
+from biapipe.imageio import read_array, write_zarr
+from biapipe.losses import CrossEntropyDiceLoss
+from biapipe.tasks.base import Task
+from biapipe.train import load_checkpoint, train_model
+
+
+class BinaryTask(Task):
+    """Foreground/background class map from a label image; enough of a task to train."""
+
+    name = "semantic"
+    output_dir = "masks"
+    output_suffix = ".tif"
+
+    def out_channels(self) -> int:
+        return 2
+
+    def make_targets(self, label: np.ndarray, path: Any = None) -> np.ndarray:
+        return (label > 0).astype(np.int16)[..., None]
+
+    def foreground(self, target: np.ndarray) -> np.ndarray:
+        return target[..., 0] > 0
+
+    def loss(self) -> torch.nn.Module:
+        return CrossEntropyDiceLoss(ce_weight=1.0, dice_weight=1.0)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits, dim=1)
+
+    def postprocess(self, prediction: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def write_output(self, path: Any, output: Any) -> None:
+        raise NotImplementedError
+
+    def read_output(self, path: Any) -> Any:
+        raise NotImplementedError
+
+    def evaluate(self, output: Any, label: np.ndarray) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def config(**train: Any) -> dict[str, Any]:
+    base = {"model": {"depth": 2, "width": 4}, "patch_size": [32, 32], "batch_size": 4, "epochs": 10,
+            "patches_per_epoch": 16, "val_patches": 4, "optimizer": {"lr": 0.03}, "threads": 2}
+    base.update(train)
+    return validate_config({"experiment": "t", "workflow": "semantic", "ndim": 2, "seed": 3,
+                            "data": {"train": {"images": "x"}}, "train": base})
+
+
+def make_pairs(folder: Path, n: int, prefix: str) -> list[tuple[Path, Path]]:
+    """Image = binary target + noise: a problem a tiny U-Net learns in a few epochs."""
+    rng = np.random.default_rng(len(prefix) + n)
+    task = BinaryTask({"ndim": 2})
+    pairs = []
+    for i in range(n):
+        label = np.zeros((32, 32), np.int16)
+        for _ in range(3):
+            y, x = rng.integers(2, 26, size=2)
+            label[y:y + 6, x:x + 6] = 1
+        image = (label + rng.normal(0, 0.3, label.shape)).astype(np.float32)[..., None]
+        img, tgt = folder / f"{prefix}{i}.zarr", folder / f"{prefix}{i}_target.zarr"
+        write_zarr(img, image)
+        write_zarr(tgt, task.make_targets(label))
+        pairs.append((img, tgt))
+    return pairs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    folder = tmp_path_factory.mktemp("data")
+    return {"train": make_pairs(folder, 3, "tr"), "val": make_pairs(folder, 1, "va")}
+
+
+def train(cfg: dict, data: dict, out: Path, **kwargs: Any) -> dict:
+    return train_model(cfg, BinaryTask(cfg), data["train"], data["val"], out, **kwargs)
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = state_of(a), state_of(b)
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def history(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "history.csv").drop(columns=["seconds"])
+
+
+@pytest.fixture(scope="module")
+def reference_run(data: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One uninterrupted run (with dropout, so resume must also restore torch's RNG)."""
+    out = tmp_path_factory.mktemp("reference")
+    cfg = config(model={"depth": 2, "width": 4, "dropout": 0.2})
+    return out, train(cfg, data, out)
+
+
+def test_tiny_problem_is_learned_and_outputs_written(reference_run: tuple[Path, dict], data: dict) -> None:
+    out, summary = reference_run
+    assert summary["finished"] and summary["epochs_run"] == 10 and summary["monitor"] == "val_loss"
+    for name in ("best.pt", "last.pt", "history.csv", "training_curve.png"):
+        assert (out / name).stat().st_size > 0
+    assert not (out / "checkpoint" / "resume.pt").exists()
+    hist = pd.read_csv(out / "history.csv")
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "lr", "seconds"]
+    assert hist["epoch"].tolist() == list(range(1, 11))
+    assert hist["train_loss"].iloc[-1] < 0.3 * hist["train_loss"].iloc[0]
+    assert hist["val_loss"].min() < 0.3 * hist["val_loss"].iloc[0]
+    assert hist["lr"].iloc[0] == pytest.approx(0.03) and hist["lr"].iloc[-1] < 0.003  # cosine decay
+    assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_checkpoints_load_with_weights_only(reference_run: tuple[Path, dict], data: dict) -> None:
+    out, summary = reference_run
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["format"] == 1 and ckpt["workflow"] == "semantic"
+    assert ckpt["model"] == {"arch": "unet", "ndim": 2, "in_channels": 1, "out_channels": 2, "depth": 2,
+                             "width": 4, "norm": "batch", "dropout": 0.2}
+    hist = pd.read_csv(out / "history.csv")
+    assert ckpt["epoch"] == int(hist["epoch"][hist["val_loss"].idxmin()]) == summary["best_epoch"]
+    assert ckpt["val_loss"] == pytest.approx(hist["val_loss"].min())
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 10 and last["val_loss"] == pytest.approx(hist["val_loss"].iloc[-1])
+
+    model, loaded = load_checkpoint(out / "best.pt")
+    assert not model.training and loaded["epoch"] == ckpt["epoch"]
+    # the trained network segments a validation image far better than chance
+    image = torch.from_numpy(np.moveaxis(read_array(data["val"][0][0]), -1, 0))
+    truth = read_array(data["val"][0][1])[..., 0]
+    with torch.no_grad():
+        pred = model(image[None]).argmax(1)[0].numpy()
+    assert (pred == truth).mean() > 0.97  # all-background would score about 0.9
+
+
+def test_same_seed_gives_bit_identical_weights(reference_run: tuple[Path, dict], data: dict,
+                                                tmp_path: Path) -> None:
+    out, _ = reference_run
+    train(config(model={"depth": 2, "width": 4, "dropout": 0.2}), data, tmp_path)
+    assert_same_weights(out / "best.pt", tmp_path / "best.pt")
+    assert_same_weights(out / "last.pt", tmp_path / "last.pt")
+    pd.testing.assert_frame_equal(history(out), history(tmp_path))
+
+
+def test_killed_and_resumed_run_matches_uninterrupted(reference_run: tuple[Path, dict], data: dict,
+                                                      tmp_path: Path) -> None:
+    out, _ = reference_run
+    cfg = config(model={"depth": 2, "width": 4, "dropout": 0.2})
+    partial = train(cfg, data, tmp_path, max_epochs_this_call=4)
+    assert not partial["finished"] and partial["epochs_run"] == 4
+    assert (tmp_path / "checkpoint" / "resume.pt").exists() and not (tmp_path / "best.pt").exists()
+    torch.load(tmp_path / "checkpoint" / "resume.pt", weights_only=True)  # resume file is safe to load too
+    # disturb the global RNGs, as a fresh process would have different ones
+    torch.manual_seed(999)
+    np.random.seed(999)
+    resumed = train(cfg, data, tmp_path)
+    assert resumed["finished"] and resumed["resumed_from_epoch"] == 4
+    assert_same_weights(out / "best.pt", tmp_path / "best.pt")
+    assert_same_weights(out / "last.pt", tmp_path / "last.pt")
+    pd.testing.assert_frame_equal(history(out), history(tmp_path))
+    assert not (tmp_path / "checkpoint" / "resume.pt").exists()
+
+
+def test_resume_file_of_another_config_is_ignored(data: dict, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    train(config(epochs=2), data, tmp_path, max_epochs_this_call=1)
+    log = logging.getLogger("test_train")
+    with caplog.at_level(logging.INFO, logger="test_train"):
+        summary = train(config(epochs=2, optimizer={"lr": 0.005}), data, tmp_path, log=log)
+    assert summary["resumed_from_epoch"] == 0 and summary["epochs_run"] == 2
+    assert "different config or data; starting fresh" in caplog.text
+    assert "epoch 2/2" in caplog.text
+
+
+def test_early_stopping_when_validation_loss_stalls(data: dict, tmp_path: Path) -> None:
+    # a learning rate this small leaves the loss flat, so no epoch beats the first by min_delta
+    cfg = config(epochs=20, optimizer={"name": "sgd", "lr": 1e-9}, scheduler="none",
+                 early_stopping={"patience": 2, "min_delta": 0.05})
+    summary = train(cfg, data, tmp_path)
+    assert summary["stopped_early"] and summary["epochs_run"] == 3
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_without_validation_the_training_loss_is_monitored(data: dict, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    cfg = config(epochs=2, scheduler="plateau", optimizer={"name": "adam", "lr": 0.01})
+    with caplog.at_level(logging.INFO, logger="biapipe.train"):
+        summary = train_model(cfg, BinaryTask(cfg), data["train"], [], tmp_path)
+    assert summary["monitor"] == "train_loss"
+    assert "no validation images: the training loss selects best.pt" in caplog.text
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert hist["val_loss"].isna().all()
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["val_loss"] == pytest.approx(hist["train_loss"].min())
+
+
+def test_bad_input_fails_before_training(data: dict, tmp_path: Path) -> None:
+    cfg = config(patch_size=[64, 64], pad=False)
+    with pytest.raises(InputError, match="smaller than train.patch_size"):
+        train(cfg, data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path: Path) -> None:
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not a biapipe checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(InputError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")

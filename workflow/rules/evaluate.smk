@@ -1,0 +1,48 @@
+# Post-processing, per-image metrics and the two tables users read first.
+
+
+rule postprocess:
+    input:
+        f"{OUT}/predictions/{{image}}.zarr",
+    output:
+        f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
+    params:
+        postprocess=CFG["postprocess"],
+    log:
+        f"{OUT}/logs/postprocess/{{image}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/postprocess/{{image}}.tsv"
+    group:
+        "per_image"
+    run:
+        stages.run("postprocess", input[0], output[0], CFG, log=log[0])
+
+
+rule evaluate:
+    input:
+        output=rules.postprocess.output[0],
+        label=label_of,
+    output:
+        f"{OUT}/metrics/{{image}}.csv",
+    params:
+        evaluate=CFG["evaluate"],
+    log:
+        f"{OUT}/logs/evaluate/{{image}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{image}}.tsv"
+    group:
+        "per_image"
+    run:
+        stages.run("evaluate", input.output, input.label, output[0], wildcards.image, CFG, log=log[0])
+
+
+rule aggregate:
+    input:
+        expand(f"{OUT}/metrics/{{image}}.csv", image=SCORED_IDS),
+    output:
+        metrics=f"{OUT}/metrics.csv",
+        summary=f"{OUT}/summary.csv",
+    log:
+        f"{OUT}/logs/aggregate.log",
+    run:
+        stages.run("aggregate", list(input), output.metrics, output.summary, CFG, log=log[0])

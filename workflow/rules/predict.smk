@@ -1,0 +1,26 @@
+# Tiled prediction per image. Runs in the long-lived Snakemake process (threads), so the
+# model is loaded once per process and reused for every image, not once per image.
+
+
+rule predict:
+    input:
+        model=f"{OUT}/model/best.pt",
+        image=f"{OUT}/normalized/{{image}}.zarr",
+    output:
+        directory(f"{OUT}/predictions/{{image}}.zarr"),
+    params:
+        mode=CFG["predict"]["mode"],
+        tile_size=CFG["predict"]["tile_size"],
+        overlap=CFG["predict"]["overlap"],
+        blend=CFG["predict"]["blend"],
+    threads: CFG["predict"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{OUT}/logs/predict/{{image}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/predict/{{image}}.tsv"
+    group:
+        "per_image"
+    run:
+        stages.run("predict", input.model, input.image, output[0], CFG, log=log[0])
