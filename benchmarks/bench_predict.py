@@ -47,6 +47,7 @@ TILED_2D = {"mode": "tiled", "tile_size": [256, 256], "overlap": 0.25, "blend": 
 TILED_3D = {"mode": "tiled", "tile_size": [32, 128, 128], "overlap": 0.25, "blend": "gaussian", "batch_size": 1}
 
 Row = tuple[str, str, str]
+DEVICE = torch.device("cpu")
 
 
 def softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -57,15 +58,22 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
-    """Best of ``repeat`` wall times after one warm-up: the least disturbed run on a shared machine."""
-    out = fn()
+def timed(fn: Callable[[], Any], repeat: int, warmup: bool = True) -> tuple[float, Any]:
+    """Best of ``repeat`` wall times (after a warm-up run unless told otherwise): the
+    least disturbed run is the best estimate of the cost on a shared machine."""
+    out = fn() if warmup else None
     best = math.inf
-    for _ in range(repeat):
+    for _ in range(max(repeat, 1)):
         t = time.perf_counter()
         out = fn()
+        _sync()
         best = min(best, time.perf_counter() - t)
     return best, out
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def smooth_images(n: int, shape: tuple[int, ...], seed: int = 0) -> list[np.ndarray]:
@@ -133,10 +141,10 @@ def load_times(folder: Path) -> tuple[float, float]:
 
     clear_predictor_cache()
     t = time.perf_counter()
-    load_predictor(path, "cpu")
+    load_predictor(path, DEVICE)
     cold = time.perf_counter() - t
     t = time.perf_counter()
-    load_predictor(path, "cpu")
+    load_predictor(path, DEVICE)
     return cold, time.perf_counter() - t
 
 
@@ -146,71 +154,89 @@ def load_times(folder: Path) -> tuple[float, float]:
 def model_variants(spec: dict[str, Any]) -> dict[str, tuple[nn.Module, bool]]:
     """The same weights under each inference preparation: name -> (model, channels_last input)."""
     torch.manual_seed(0)
-    base = build_model(spec).eval().requires_grad_(False)
+    base = build_model(spec).eval().requires_grad_(False).to(DEVICE)
     fmt = torch.channels_last if spec["ndim"] == 2 else torch.channels_last_3d
+    default = prepare_model(copy.deepcopy(base), DEVICE)
     return {
         "plain (NCHW, BN separate)": (base, False),
         "channels-last": (copy.deepcopy(base).to(memory_format=fmt), True),
         "BN folded, NCHW": (fuse_conv_batchnorm(copy.deepcopy(base)), False),
-        "channels-last + BN folded (default)": (prepare_model(copy.deepcopy(base), torch.device("cpu")), True),
+        "channels-last + BN folded (default)": (default, DEVICE.type == "cpu"),
     }
 
 
-def images_per_second(model: nn.Module, images: list[np.ndarray], cfg: dict[str, Any], repeat: int,
-                      **kw: Any) -> tuple[float, list[np.ndarray]]:
-    def run() -> list[np.ndarray]:
-        return [predict_image(model, im, cfg, softmax, 8, "cpu", **kw) for im in images]
+def interleaved(cases: dict[str, Callable[[], Any]], rounds: int) -> dict[str, tuple[float, Any]]:
+    """Best wall time of each case, running the cases round-robin after one warm-up each.
 
-    t, outs = timed(run, repeat)
-    return len(images) / t, outs
+    On a shared machine a burst of other work then slows one round of every case
+    instead of all rounds of one case, so the comparison between options stays fair.
+    """
+    best = {name: (math.inf, fn()) for name, fn in cases.items()}
+    for _ in range(max(rounds, 1)):
+        for name, fn in cases.items():
+            t = time.perf_counter()
+            out = fn()
+            _sync()
+            t = time.perf_counter() - t
+            if t < best[name][0]:
+                best[name] = (t, out)
+    return best
+
+
+def predict_all(model: nn.Module, images: list[np.ndarray], cfg: dict[str, Any], **kw: Any) -> Callable[[], Any]:
+    return lambda: [predict_image(model, im, cfg, softmax, 8, DEVICE, **kw) for im in images]
 
 
 def bench_2d(args: argparse.Namespace, rows: list[Row]) -> None:
     images = smooth_images(args.n2d, (512, 512))
+    small = smooth_images(args.n2d, (256, 256))
     cfg = {**TILED_2D, "threads": args.threads}
     variants = model_variants(SPEC_2D)
-    rows.append(("U-Net 2D parameters (depth 3, width 16)", f"{count_parameters(build_model(SPEC_2D)):,}", ""))
-    ref_outs = None
-    for name, (model, cl) in variants.items():
-        ips, outs = images_per_second(model, images, cfg, args.repeat, channels_last=cl)
-        ref_outs = ref_outs or outs
-        rows.append((f"2D tiled 512², {name}", f"{ips:.2f} img/s", f"{1 / ips / 4:.3f} s per 256²"))
     model, cl = variants["channels-last + BN folded (default)"]
+    rows.append(("U-Net 2D parameters (depth 3, width 16)", f"{count_parameters(build_model(SPEC_2D)):,}", ""))
+    cases = {f"tiled 512², {name}": predict_all(m, images, cfg, channels_last=c) for name, (m, c) in variants.items()}
     for bs in (2, 4, 8):
-        ips, _ = images_per_second(model, images, {**cfg, "batch_size": bs}, args.repeat, channels_last=cl)
-        rows.append((f"2D tiled 512², default, batch_size {bs}", f"{ips:.2f} img/s", f"{1 / ips / 4:.3f} s per 256²"))
-    ips_bf16, outs_bf16 = images_per_second(model, images, cfg, args.repeat, channels_last=cl, dtype=torch.bfloat16)
-    err = max(float(np.abs(a - b).max()) for a, b in zip(outs_bf16, ref_outs))
-    rows.append(("2D tiled 512², default + bfloat16 autocast", f"{ips_bf16:.2f} img/s",
-                 f"{1 / ips_bf16 / 4:.3f} s per 256²; max abs diff of probabilities vs fp32 {err:.1e}"))
-    ips_whole, _ = images_per_second(model, images, {**cfg, "mode": "whole"}, args.repeat, channels_last=cl)
-    rows.append(("2D whole-image 512², default", f"{ips_whole:.2f} img/s", f"{1 / ips_whole / 4:.3f} s per 256²"))
-    small = smooth_images(args.n2d, (256, 256))
-    for mode in ("tiled", "whole"):
-        ips, _ = images_per_second(model, small, {**cfg, "mode": mode}, args.repeat, channels_last=cl)
-        rows.append((f"2D {mode} 256² images, default", f"{1 / ips:.3f} s/img",
-                     "BiaPy: 0.28–0.32 s tiled, 0.18–0.21 s whole"))
+        cases[f"tiled 512², default, batch_size {bs}"] = predict_all(model, images, {**cfg, "batch_size": bs},
+                                                                     channels_last=cl)
+    cases["tiled 512², default + bfloat16 autocast"] = predict_all(model, images, cfg, channels_last=cl,
+                                                                   dtype=torch.bfloat16)
+    cases["whole-image 512², default"] = predict_all(model, images, {**cfg, "mode": "whole"}, channels_last=cl)
+    cases["whole-image 512², default + bfloat16 autocast"] = predict_all(
+        model, images, {**cfg, "mode": "whole"}, channels_last=cl, dtype=torch.bfloat16)
     if args.compile:
-        bench_compile(model, cfg, images, args, rows)
+        cases["tiled 512², default + torch.compile"] = compiled_case(model, images, cfg, rows)
+    for mode in ("tiled", "whole"):
+        cases[f"{mode} 256² images, default"] = predict_all(model, small, {**cfg, "mode": mode}, channels_last=cl)
+    results = interleaved(cases, args.rounds)
+    reference = results["tiled 512², plain (NCHW, BN separate)"][1]
+    for name, (t, outs) in results.items():
+        per_image = t / len(outs)
+        if name.startswith(("tiled 256", "whole 256")):
+            rows.append((f"2D {name}", f"{per_image:.3f} s/img", "BiaPy: 0.28–0.32 s tiled, 0.18–0.21 s whole"))
+            continue
+        note = f"{per_image / 4:.3f} s per 256²"
+        if "bfloat16" in name:
+            ref = reference if name.startswith("tiled") else results["whole-image 512², default"][1]
+            err = max(float(np.abs(a - b).max()) for a, b in zip(outs, ref))
+            note += f"; max abs diff of probabilities vs fp32: {err:.1e}"
+        rows.append((f"2D {name}", f"{1 / per_image:.2f} img/s", note))
     flops_gflops(model, rows, args)
     rows.append(("peak RSS after 2D", f"{peak_rss_mib():.0f} MiB", ""))
 
 
-def bench_compile(model: nn.Module, cfg: dict[str, Any], images: list[np.ndarray], args: argparse.Namespace,
-                  rows: list[Row]) -> None:
+def compiled_case(model: nn.Module, images: list[np.ndarray], cfg: dict[str, Any], rows: list[Row]) -> Callable:
     compiled = torch.compile(model)
     t = time.perf_counter()
-    predict_image(compiled, images[0], cfg, softmax, 8, "cpu")
-    first = time.perf_counter() - t
-    ips, _ = images_per_second(compiled, images, cfg, args.repeat)
-    rows.append(("2D tiled 512², default + torch.compile", f"{ips:.2f} img/s", f"first image {first:.1f} s (compile)"))
+    predict_image(compiled, images[0], cfg, softmax, 8, DEVICE)
+    rows.append(("torch.compile: first call (compilation)", f"{time.perf_counter() - t:.1f} s", ""))
+    return predict_all(compiled, images, cfg)
 
 
 def flops_gflops(model: nn.Module, rows: list[Row], args: argparse.Namespace) -> None:
-    x = torch.rand(1, 1, 256, 256).contiguous(memory_format=torch.channels_last)
+    x = torch.rand(1, 1, 256, 256, device=DEVICE).contiguous(memory_format=torch.channels_last)
     flops = conv_flops(model, x)
     with torch.inference_mode():
-        t, _ = timed(lambda: model(x), args.repeat * 3)
+        t, _ = timed(lambda: model(x), args.rounds * 3)
     rows.append(("U-Net 2D conv FLOPs per 256² tile", f"{flops / 1e9:.2f} GFLOP", "counted by forward hooks"))
     rows.append(("U-Net 2D forward, 256² tile, achieved", f"{flops / t / 1e9:.1f} GFLOP/s", f"{t * 1000:.1f} ms/tile"))
     rows.append(("fp32 matmul 2048², same threads", f"{matmul_gflops():.1f} GFLOP/s", "torch.matmul"))
@@ -221,16 +247,16 @@ def bench_3d(args: argparse.Namespace, rows: list[Row]) -> None:
     volume = smooth_images(1, shape)[0]
     cfg = {**TILED_3D, "threads": args.threads}
     variants = model_variants(SPEC_3D)
-    tile = torch.rand(1, 1, 32, 128, 128)
+    tile = torch.rand(1, 1, 32, 128, 128, device=DEVICE)
     for name in ("plain (NCHW, BN separate)", "channels-last + BN folded (default)"):
         model, cl = variants[name]
         x = tile.contiguous(memory_format=torch.channels_last_3d) if cl else tile
         with torch.inference_mode():
-            t, _ = timed(lambda m=model, x=x: m(x), 1)
+            t, _ = timed(lambda m=model, x=x: m(x), args.rounds)
         rows.append((f"3D forward 32×128×128 tile, {name}", f"{t:.2f} s/tile",
                      f"{conv_flops(model, x) / t / 1e9:.1f} GFLOP/s"))
     model, cl = variants["channels-last + BN folded (default)"]
-    t, _ = timed(lambda: predict_image(model, volume, cfg, softmax, 8, "cpu", channels_last=cl), 0)
+    t, _ = timed(lambda: predict_image(model, volume, cfg, softmax, 8, DEVICE, channels_last=cl), 1, warmup=False)
     rows.append((f"3D tiled {'×'.join(map(str, shape))}, tile 32×128×128, overlap 0.25",
                  f"{volume.size / t / 1e6:.2f} Mvoxel/s", f"{t:.1f} s per volume"))
     rows.append(("peak RSS after 3D", f"{peak_rss_mib():.0f} MiB", f"volume {volume.nbytes / 2**20:.0f} MiB in"))
@@ -248,12 +274,16 @@ def print_table(rows: list[Row], header: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 16))
-    parser.add_argument("--repeat", type=int, default=2, help="timed repetitions (best is kept)")
-    parser.add_argument("--n2d", type=int, default=4, help="2D images per repetition")
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per case (the best is kept)")
+    parser.add_argument("--n2d", type=int, default=2, help="2D images per round")
     parser.add_argument("--quick", action="store_true", help="smaller 3D volume (for a smoke test)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the CPU is what the table is about)")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    load_at_start = os.getloadavg()[0]
     start = time.perf_counter()
     rows: list[Row] = [("`import torch` (fresh interpreter)", f"{import_torch_seconds():.2f} s", "")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,8 +293,10 @@ def main() -> None:
     bench_2d(args, rows)
     bench_3d(args, rows)
     cpu = _cpu_name()
-    header = (f"biapipe predict benchmark — {cpu}, {args.threads} threads, torch {torch.__version__}, "
-              f"Python {platform.python_version()}, total {time.perf_counter() - start:.0f} s")
+    load = os.getloadavg()[0]
+    header = (f"biapipe predict benchmark — {cpu}, {args.threads} threads, device {DEVICE}, torch {torch.__version__}, "
+              f"Python {platform.python_version()}, total {time.perf_counter() - start:.0f} s, "
+              f"load average {load_at_start:.1f} at start / {load:.1f} at end")
     print_table(rows, header)
 
 

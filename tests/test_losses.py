@@ -63,6 +63,12 @@ def test_all_ignored_is_zero_and_backpropagates() -> None:
     assert torch.all(logits.grad == 0)
 
 
+def test_class_out_of_range_is_an_error() -> None:
+    logits, target = pixels([[0.0, 0.0], [0.0, 0.0]], [0, 2])
+    with pytest.raises(ValueError, match="outside 0..1"):
+        CrossEntropyDiceLoss()(logits, target)
+
+
 def test_huge_logits_stay_finite_3d_and_without_channel_axis() -> None:
     logits = (torch.randn(2, 3, 4, 4, 4) * 1e4).requires_grad_(True)
     target = torch.randint(0, 3, (2, 4, 4, 4))

@@ -56,7 +56,8 @@ class BinaryTask(Task):
 
 def config(**train: Any) -> dict[str, Any]:
     base = {"model": {"depth": 2, "width": 4}, "patch_size": [32, 32], "batch_size": 4, "epochs": 10,
-            "patches_per_epoch": 16, "val_patches": 4, "optimizer": {"lr": 0.03}, "threads": 2}
+            "patches_per_epoch": 16, "val_patches": 4, "optimizer": {"lr": 0.03}, "threads": 1,
+            "device": "cpu"}
     base.update(train)
     return validate_config({"experiment": "t", "workflow": "semantic", "ndim": 2, "seed": 3,
                             "data": {"train": {"images": "x"}}, "train": base})
@@ -225,3 +226,30 @@ def test_load_checkpoint_rejects_other_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "other.pt")
     with pytest.raises(InputError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_worker_processes_draw_the_same_patches(data: dict, tmp_path: Path) -> None:
+    # patches depend only on (seed, epoch, index), so loader workers change nothing but speed
+    train(config(epochs=2), data, tmp_path / "main")
+    train(config(epochs=2, num_workers=1), data, tmp_path / "workers")
+    assert_same_weights(tmp_path / "main" / "last.pt", tmp_path / "workers" / "last.pt")
+
+
+def test_3d_training_runs_and_checkpoint_rebuilds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    label = np.zeros((8, 16, 16), np.int16)
+    label[2:6, 4:10, 5:12] = 1
+    image = (label + rng.normal(0, 0.3, label.shape)).astype(np.float32)[..., None]
+    write_zarr(tmp_path / "v.zarr", image)
+    write_zarr(tmp_path / "v_target.zarr", label[..., None])
+    pairs = [(tmp_path / "v.zarr", tmp_path / "v_target.zarr")]
+    cfg = validate_config({"experiment": "t", "workflow": "semantic", "ndim": 3, "data": {"train": {"images": "x"}},
+                           "train": {"model": {"depth": 1, "width": 4, "norm": "group"}, "patch_size": [8, 16, 16],
+                                     "epochs": 2, "patches_per_epoch": 4, "batch_size": 2, "val_patches": 2,
+                                     "device": "cpu", "threads": 1}})
+    summary = train_model(cfg, BinaryTask(cfg), pairs, pairs, tmp_path / "out")
+    assert summary["finished"] and summary["epochs_run"] == 2
+    model, ckpt = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert ckpt["model"]["ndim"] == 3
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 2, 8, 16, 16)

@@ -72,21 +72,23 @@ class CrossEntropyDiceLoss(nn.Module):
         if n_valid == 0:
             # keep the graph connected so backward() works on a fully ignored batch
             return logits.sum() * 0.0
+        k = logits.shape[1]
+        if (valid & ((classes < 0) | (classes >= k))).any():
+            raise ValueError(f"target holds class values outside 0..{k - 1} (and not the ignore value "
+                             f"{self.ignore_index}) for a model with {k} output channels")
+        mask = valid.unsqueeze(1).to(logits.dtype)
+        # one-hot products instead of F.cross_entropy/gather: their CUDA kernels use atomic
+        # adds, which would make GPU runs non-repeatable
+        onehot = F.one_hot(classes.clamp(0, k - 1) * valid, k).movedim(-1, 1).to(logits.dtype) * mask
+        log_probs = torch.log_softmax(logits, dim=1)
         total = logits.new_zeros(())
         if self.ce_weight:
-            ce = F.cross_entropy(logits, classes, ignore_index=self.ignore_index, reduction="sum")
-            total = total + self.ce_weight * ce / n_valid
+            total = total + self.ce_weight * -(log_probs * onehot).sum() / n_valid
         if self.dice_weight:
-            total = total + self.dice_weight * self._dice(logits, classes, valid)
+            per_class = soft_dice_loss(log_probs.exp(), onehot, mask)
+            first = 0 if self.include_background or k == 1 else 1
+            total = total + self.dice_weight * per_class[first:].mean()
         return total
-
-    def _dice(self, logits: torch.Tensor, classes: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        k = logits.shape[1]
-        probs = torch.softmax(logits.float(), dim=1)
-        onehot = F.one_hot(classes.clamp(0, k - 1) * valid, k).movedim(-1, 1).to(probs.dtype)
-        per_class = soft_dice_loss(probs, onehot, valid.unsqueeze(1).to(probs.dtype))
-        first = 0 if self.include_background or k == 1 else 1
-        return per_class[first:].mean()
 
 
 class PerChannelLoss(nn.Module):

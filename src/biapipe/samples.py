@@ -43,8 +43,12 @@ class Dataset:
         return {s.id: s for s in self.all()}
 
 
-def list_images(folder: str | Path) -> dict[str, str]:
-    """Map sample id -> path for the image files (or Zarr stores) directly in ``folder``."""
+#: Label file types per workflow (detection labels are point tables).
+LABEL_SUFFIXES = {"detection": (".csv",)}
+
+
+def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, str]:
+    """Map sample id -> path for the image files (or Zarr stores, or ``suffixes``) directly in ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "folder not found")
@@ -52,16 +56,18 @@ def list_images(folder: str | Path) -> dict[str, str]:
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+            if name.startswith(".") or not name.lower().endswith(suffixes):
                 continue
-            sid = image_id(name)
+            sid = image_id(name) if suffixes is IMAGE_SUFFIXES else name[: name.rfind(".")]
             if sid in found:
                 raise InputError(folder / name, f"two files share the sample name '{sid}' ({Path(found[sid]).name})")
             found[sid] = str(folder / name)
     return dict(sorted(found.items()))
 
 
-def pair_split(split: str, spec: dict[str, Any], label_required: bool) -> list[Sample]:
+def pair_split(
+    split: str, spec: dict[str, Any], label_required: bool, label_suffixes: tuple[str, ...] = IMAGE_SUFFIXES
+) -> list[Sample]:
     """Pair images with labels by name; any unpaired file on either side is an error."""
     images = list_images(spec["images"])
     if not images:
@@ -71,7 +77,7 @@ def pair_split(split: str, spec: dict[str, Any], label_required: bool) -> list[S
         if label_required:
             raise ConfigError(f"data.{split}.labels", "is required for training data")
         return [Sample(i, p, None, split) for i, p in images.items()]
-    labels = list_images(labels_dir)
+    labels = list_images(labels_dir, label_suffixes)
     missing = sorted(set(images) - set(labels))
     if missing:
         raise InputError(images[missing[0]], f"has no label in {labels_dir} ({len(missing)} image(s) without label)")
@@ -118,8 +124,10 @@ def demo_samples(cfg: dict[str, Any]) -> list[Sample]:
     demo = cfg["data"]["demo"]
     ids = demo_ids(demo["n_train"], demo["n_val"], demo["n_test"])
     folder = Path(demo["folder"])
+    # detection learns from the demo's centroid tables, the other workflows from its label images
+    labels, suffix = ("points", ".csv") if cfg["workflow"] == "detection" else ("labels", ".tif")
     return [
-        Sample(i, str(folder / split / "images" / f"{i}.tif"), str(folder / split / "labels" / f"{i}.tif"), split)
+        Sample(i, str(folder / split / "images" / f"{i}.tif"), str(folder / split / labels / f"{i}{suffix}"), split)
         for split, names in ids.items()
         for i in names
     ]
@@ -137,7 +145,8 @@ def discover(cfg: dict[str, Any]) -> Dataset:
         for split in SPLITS:
             spec = data.get(split)
             if spec:
-                samples += pair_split(split, spec, label_required=split != "test")
+                suffixes = LABEL_SUFFIXES.get(cfg["workflow"], IMAGE_SUFFIXES)
+                samples += pair_split(split, spec, label_required=split != "test", label_suffixes=suffixes)
     ds = Dataset()
     for s in samples:
         getattr(ds, s.split).append(s)

@@ -103,15 +103,18 @@ def normalize_image(image_path: str, out_zarr: str, cfg: dict[str, Any], stats_j
 
 
 def make_targets(label_path: str, image_path: str, out_zarr: str, cfg: dict[str, Any]) -> None:
+    task = get_task(cfg)
+    label = task.read_label(label_path, image_shape(image_path, cfg))
+    target = task.make_targets(label, label_path)
+    imageio.write_zarr(out_zarr, target, chunks=_chunks(target.shape, cfg["ndim"]), attrs={"source": str(label_path)})
+
+
+def image_shape(image_path: str, cfg: dict[str, Any]) -> tuple[int, ...]:
+    """Spatial (Z)YX shape of a raw image, from its header."""
     from .validate import probe, spatial_shape
 
-    label = imageio.read_label(label_path, cfg["ndim"])
     shape, dtype = probe(image_path)
-    img_shape = spatial_shape(shape, dtype, cfg["ndim"], image_path, cfg["data"]["axes"])
-    if tuple(label.shape) != img_shape:
-        raise imageio.InputError(label_path, f"label shape {label.shape} does not match image {image_path} of shape {img_shape}")
-    target = get_task(cfg).make_targets(label, label_path)
-    imageio.write_zarr(out_zarr, target, chunks=_chunks(target.shape, cfg["ndim"]), attrs={"source": str(label_path)})
+    return spatial_shape(shape, dtype, cfg["ndim"], image_path, cfg["data"]["axes"])
 
 
 # --------------------------------------------------------------------------- train
@@ -161,17 +164,32 @@ def predict(model_path: str, image_zarr: str, out_zarr: str, cfg: dict[str, Any]
 # --------------------------------------------------------------------------- postprocess / evaluate
 
 
-def postprocess(pred_zarr: str, out_path: str, cfg: dict[str, Any]) -> None:
+def postprocess(
+    pred_zarr: str, out_path: str, cfg: dict[str, Any], image_zarr: str | None = None, side: dict[str, str] | None = None
+) -> None:
+    """Post-process one prediction; ``side`` names the task's extra outputs (e.g. object tables)."""
     task = get_task(cfg)
-    prediction = imageio.read_array(pred_zarr)
-    task.write_output(out_path, task.postprocess(prediction))
+    output = task.postprocess(imageio.read_array(pred_zarr))
+    task.write_output(out_path, output)
+    if side:
+        image = imageio.read_array(image_zarr) if image_zarr else None
+        task.write_side_outputs(side, output, image)
 
 
-def evaluate(output_path: str, label_path: str, out_csv: str, image_id: str, cfg: dict[str, Any]) -> None:
+def tune(prediction_zarrs: Sequence[str], label_paths: Sequence[str], out_json: str, cfg: dict[str, Any]) -> None:
+    get_task(cfg).tune_files(list(prediction_zarrs), list(label_paths), out_json)
+
+
+def evaluate(
+    output_path: str, label_path: str, out_csv: str, image_id: str, cfg: dict[str, Any], image_path: str | None = None
+) -> None:
     task = get_task(cfg)
     output = task.read_output(output_path)
-    label = imageio.read_label(label_path, cfg["ndim"])
+    shape = image_shape(image_path, cfg) if image_path else None
+    label = task.read_label(label_path, shape) if shape else imageio.read_label(label_path, cfg["ndim"])
     row = {"image": image_id, **task.evaluate(output, label)}
+    # details first: the metrics file is the rule's output, so when it exists the details do too
+    task.write_details(out_csv, output, label)
     imageio.write_csv(out_csv, pd.DataFrame([row]))
 
 
@@ -196,6 +214,7 @@ STAGES = {
     "targets": make_targets,
     "predict": predict,
     "postprocess": postprocess,
+    "tune": tune,
     "evaluate": evaluate,
     "aggregate": aggregate,
 }

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -79,6 +80,8 @@ def torch_settings(threads: int) -> Iterator[None]:
     old_det = torch.are_deterministic_algorithms_enabled()
     old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     old_bench = torch.backends.cudnn.benchmark
+    # cuBLAS is only deterministic with a fixed workspace; must be set before its first use
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False

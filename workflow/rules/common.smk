@@ -45,6 +45,8 @@ wildcard_constraints:
 
 
 TASK = stages.get_task(CFG)
+if TASK.tuning_file() and not VAL_IDS:
+    sys.exit(f"biapipe: config key 'postprocess.{CFG['workflow']}.tuned': tuning needs validation images (data.val or train.val_fraction > 0)")
 
 
 def _train_params():
@@ -62,6 +64,16 @@ def label_of(wildcards):
 
 def stats_input(wildcards):
     return [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" else []
+
+
+def tuning_input(wildcards):
+    """The tuned-thresholds file, when post-processing is configured to use one."""
+    path = TASK.tuning_file()
+    return [path] if path else []
+
+
+def side_outputs(output):
+    return {name: output[name] for name in TASK.side_outputs}
 
 
 def final_outputs():

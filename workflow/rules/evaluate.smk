@@ -3,9 +3,12 @@
 
 rule postprocess:
     input:
-        f"{OUT}/predictions/{{image}}.zarr",
+        prediction=f"{OUT}/predictions/{{image}}.zarr",
+        image=f"{OUT}/normalized/{{image}}.zarr",
+        tuning=tuning_input,
     output:
-        f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
+        main=f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
+        **{name: f"{OUT}/{path}" for name, path in TASK.side_outputs.items()},
     params:
         postprocess=CFG["postprocess"],
     log:
@@ -15,13 +18,14 @@ rule postprocess:
     group:
         "per_image"
     run:
-        stages.run("postprocess", input[0], output[0], CFG, log=log[0])
+        stages.run("postprocess", input.prediction, output.main, CFG, input.image, side_outputs(output), log=log[0])
 
 
 rule evaluate:
     input:
-        output=rules.postprocess.output[0],
+        output=rules.postprocess.output.main,
         label=label_of,
+        image=image_of,
     output:
         f"{OUT}/metrics/{{image}}.csv",
     params:
@@ -33,7 +37,7 @@ rule evaluate:
     group:
         "per_image"
     run:
-        stages.run("evaluate", input.output, input.label, output[0], wildcards.image, CFG, log=log[0])
+        stages.run("evaluate", input.output, input.label, output[0], wildcards.image, CFG, input.image, log=log[0])
 
 
 rule aggregate:

@@ -228,23 +228,28 @@ def _warn_no_seeds(maps: dict[str, np.ndarray], thr: dict[str, float], n_mask: i
 
 def grow(seeds: np.ndarray, mask: np.ndarray, surface: np.ndarray, params: InstanceParams,
          sampling: np.ndarray) -> np.ndarray:
-    """Number the seeds and grow them; in 3D with ``slice_by_slice`` each z-slice on its own."""
-    if seeds.ndim == 3 and params.slice_by_slice:
-        labels = np.zeros(seeds.shape, dtype=np.int64)
-        offset = 0
-        for z in range(seeds.shape[0]):
-            plane = _grow_one(seeds[z], mask[z], surface[z], params, sampling[1:])
-            labels[z] = np.where(plane > 0, plane + offset, 0)
-            offset += int(plane.max(initial=0))
-        return labels
-    return _grow_one(seeds, mask, surface, params, sampling)
+    """Number the seeds and grow them within the mask.
 
-
-def _grow_one(seeds: np.ndarray, mask: np.ndarray, surface: np.ndarray, params: InstanceParams,
-              sampling: np.ndarray) -> np.ndarray:
+    With ``slice_by_slice`` (3D) seeds are still numbered in 3D, so an object keeps one
+    id through z, but growth runs in each z-slice separately: with coarse z a flood in 3D
+    leaks between nuclei stacked above each other through a single slice. Slices an
+    object's seed does not reach (its top and bottom caps) are then filled by a 3D pass
+    from the per-slice result, which only claims pixels no slice could label.
+    """
     markers = label_seeds(seeds, params.min_seed_size, params.seed_opening, sampling)
     if not markers.any():
         return markers
+    if seeds.ndim == 3 and params.slice_by_slice:
+        labels = np.zeros_like(markers)
+        for z in range(seeds.shape[0]):
+            if markers[z].any():
+                labels[z] = _grow_markers(markers[z], mask[z], surface[z], params, sampling[1:])
+        markers = labels
+    return _grow_markers(markers, mask, surface, params, sampling)
+
+
+def _grow_markers(markers: np.ndarray, mask: np.ndarray, surface: np.ndarray, params: InstanceParams,
+                  sampling: np.ndarray) -> np.ndarray:
     if params.method == "voronoi":
         return voronoi(markers, mask if params.voronoi_fill == "foreground" else None, sampling)
     return watershed(surface, markers, mask=mask)
@@ -402,7 +407,8 @@ def tune_thresholds(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarr
                     grids: dict[str, Sequence[float]] | None = None) -> dict[str, Any]:
     """Seed and mask thresholds maximising pooled matching F1 at ``iou`` on validation images.
 
-    A coordinate search: each key in turn takes the best value of its grid with the
+    A grid over the main seed threshold and the mask threshold together, then a
+    coordinate search: each key in turn takes the best value of its grid with the
     others fixed, for ``rounds`` passes (stops early when nothing changes). Ties keep
     the current value, so a flat optimum does not wander. Returns the thresholds, the
     F1 before and after, and what was searched (written as JSON by the task).
@@ -422,6 +428,16 @@ def tune_thresholds(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarr
 
     best = initial = score(current)
     evaluations = 1
+    primary, mask_key = keys[0], keys[-1]
+    for seed_value in grids[primary]:            # jointly first: with seeds outside the mask F1 is flat at 0
+        for mask_value in grids[mask_key]:
+            trial = {**current, primary: float(seed_value), mask_key: float(mask_value)}
+            if trial == current:
+                continue
+            f1 = score(trial)
+            evaluations += 1
+            if f1 > best + 1e-12:
+                best, current = f1, trial
     for _ in range(rounds):
         changed = False
         for key in keys:

@@ -19,6 +19,10 @@ def get_task(cfg: dict[str, Any]) -> Task:
         from .instance import InstanceTask
 
         return InstanceTask(cfg)
+    if name == "detection":
+        from .detection import DetectionTask
+
+        return DetectionTask(cfg)
     raise ConfigError("workflow", f"'{name}' is not implemented yet")
 
 

@@ -26,9 +26,27 @@ class Task(ABC):
     #: file suffix of one post-processed output
     output_suffix: ClassVar[str]
 
+    #: extra per-image outputs of post-processing: name -> path under results/{experiment}/ with {image}
+    side_outputs: ClassVar[dict[str, str]] = {}
+
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.ndim: int = cfg["ndim"]
+
+    # ------------------------------------------------------------------ ground truth
+    def read_label(self, path: str | Path, image_shape: tuple[int, ...]) -> Any:
+        """Read one ground-truth file for an image of spatial shape ``image_shape``.
+
+        Label images by default; workflows whose ground truth is a table (points) override
+        this. Raises InputError naming ``path`` when it does not fit the image.
+        """
+        from ..errors import InputError
+        from ..imageio import read_label
+
+        label = read_label(path, self.ndim)
+        if tuple(label.shape) != tuple(image_shape):
+            raise InputError(path, f"label shape {tuple(label.shape)} does not match its image of shape {tuple(image_shape)}")
+        return label
 
     # ------------------------------------------------------------------ training side
     @abstractmethod
@@ -36,8 +54,8 @@ class Task(ABC):
         """Number of channels the model must output (logits)."""
 
     @abstractmethod
-    def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
-        """Turn a (Z)YX label image into the (Z)YXC training target stored in targets/{image}.zarr.
+    def make_targets(self, label: Any, path: str | Path | None = None) -> np.ndarray:
+        """Turn what read_label returned (a (Z)YX label image by default) into the (Z)YXC training target stored in targets/{image}.zarr.
 
         Integer targets (class maps) use -1 for ignored pixels; float targets are per-channel maps.
         Raises InputError naming ``path`` when the labels do not fit the task (e.g. class out of range).
@@ -60,6 +78,18 @@ class Task(ABC):
     def postprocess(self, prediction: np.ndarray) -> Any:
         """Turn a (Z)YXC prediction into the final output (mask, labels, points table)."""
 
+    def write_side_outputs(self, paths: dict[str, str], output: Any, image: np.ndarray | None) -> None:
+        """Write the files named in ``side_outputs`` (e.g. a per-object table); none by default."""
+
+    # ------------------------------------------------------------------ threshold tuning
+    def tuning_file(self) -> str | None:
+        """Path of the tuned-thresholds JSON that post-processing needs, or None if it needs none."""
+        return None
+
+    def tune_files(self, prediction_paths: Any, label_paths: Any, out_json: Any = None) -> dict[str, Any]:
+        """Search post-processing thresholds on validation predictions; write them to ``out_json``."""
+        raise NotImplementedError(f"workflow '{self.name}' has no threshold tuning")
+
     @abstractmethod
     def write_output(self, path: str | Path, output: Any) -> None:
         """Write a post-processed output atomically."""
@@ -70,8 +100,12 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ metrics
     @abstractmethod
-    def evaluate(self, output: Any, label: np.ndarray) -> dict[str, float]:
-        """Metrics of one image: post-processed output against its (Z)YX ground-truth labels."""
+    def evaluate(self, output: Any, label: Any) -> dict[str, float]:
+        """Metrics of one image: post-processed output against what read_label returned."""
+
+    def write_details(self, out_csv_path: str | Path, output: Any, label: Any) -> None:
+        """Write per-image details beside the metrics file ``out_csv_path`` (e.g. which point
+        matched which, for inspection); none by default. Must write atomically (imageio)."""
 
     def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
         """Dataset-level figures from the per-image table (default: mean of numeric columns)."""

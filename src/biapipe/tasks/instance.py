@@ -49,6 +49,7 @@ class InstanceTask(Task):
     name: ClassVar[str] = "instance"
     output_dir: ClassVar[str] = "labels"
     output_suffix: ClassVar[str] = ".tif"
+    side_outputs: ClassVar[dict[str, str]] = {"objects": "objects/{image}.csv"}
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -125,6 +126,12 @@ class InstanceTask(Task):
     def read_output(self, path: str | Path) -> np.ndarray:
         return imageio.read_label(path, self.ndim)
 
+    def tuning_file(self) -> str | None:
+        return str(tuned_thresholds_path(self.cfg)) if self.pp_cfg.get("tuned", False) else None
+
+    def write_side_outputs(self, paths: dict[str, str], output: np.ndarray, image: np.ndarray | None) -> None:
+        imageio.write_csv(paths["objects"], self.objects(output, image))
+
     def objects(self, labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
         """Per-object table (label, size, centroid, bounding box, mean intensity when ``image`` is given)."""
         return object_table(labels, image, self.voxel_size)
@@ -152,7 +159,8 @@ class InstanceTask(Task):
         gt = prepare_labels(label, path)
         output = np.asarray(output)
         if output.shape != gt.shape:
-            raise InputError(path, f"prediction of shape {output.shape} does not match ground truth of shape {gt.shape}")
+            raise InputError(path, f"prediction of shape {output.shape} does not match ground truth of shape "
+                                   f"{gt.shape}")
         return matching_metrics(output, gt, self.iou_thresholds)
 
     def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:

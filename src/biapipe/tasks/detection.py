@@ -1,0 +1,173 @@
+"""Point detection: find the centre of every object, optionally with its class.
+
+Ground truth is a points CSV per image (:mod:`biapipe.targets_points`); the network
+learns one map per class, either balls around the points (BCE + Dice through a
+sigmoid) or Gaussian heat maps (MSE, regressed and clamped to [0, 1]). Peaks of
+the predicted maps become the points (:mod:`biapipe.postprocess.detection`), which
+are scored by one-to-one matching within a physical tolerance
+(:mod:`biapipe.metrics.detection`).
+
+Classes are the values of the CSV's ``class`` column listed in
+``targets.detection.classes``; channel k is the k-th value, and the output CSV
+writes the original values back, so predictions read like the annotations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import imageio
+from ..errors import ConfigError, InputError
+from ..metrics.detection import assignments_table, detection_metrics, match_points, summarize_detection
+from ..postprocess.detection import DetectionParams, detect_points, tune_detection_threshold
+from ..targets_points import PointSet, class_key, point_targets, read_points
+from .base import Task
+
+#: Loss kinds trained through a sigmoid; the others (mse, l1) are regressed and clamped.
+SIGMOID_KINDS = frozenset({"bce", "dice", "bce_dice"})
+#: Loss per target kind when ``targets.detection.loss`` is null.
+DEFAULT_LOSS = {"ball": "bce_dice", "gaussian": "mse"}
+
+
+def tuned_threshold_path(cfg: dict[str, Any]) -> Path:
+    """Where the tuning step writes, and ``threshold: tuned`` reads, the detection threshold."""
+    return Path(cfg["results"]) / cfg["experiment"] / "tuning" / "detection.json"
+
+
+class DetectionTask(Task):
+    name: ClassVar[str] = "detection"
+    output_dir: ClassVar[str] = "points"
+    output_suffix: ClassVar[str] = ".csv"
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        tcfg = cfg.get("targets", {}).get("detection", {})
+        self.kind: str = tcfg.get("kind", "ball")
+        self.size = tcfg.get("radius", 3.0) if self.kind == "ball" else tcfg.get("sigma", 2.0)
+        classes = tcfg.get("classes")
+        self.class_values: list[Any] | None = list(classes) if classes else None
+        self.class_names: list[str] | None = [class_key(v) for v in classes] if classes else None
+        if self.class_names and len(set(self.class_names)) != len(self.class_names):
+            raise ConfigError("targets.detection.classes", f"lists a class twice: {self.class_names}")
+        self.loss_kind: str = tcfg.get("loss") or DEFAULT_LOSS[self.kind]
+        self.voxel_size: list[float] | None = cfg.get("data", {}).get("voxel_size")
+        self.params = DetectionParams.from_config(cfg.get("postprocess", {}).get("detection", {}))
+        self.tolerance = float(cfg.get("evaluate", {}).get("detection", {}).get("tolerance", 3.0))
+        self.axes: tuple[str, ...] = ("z", "y", "x")[3 - self.ndim:]
+        _check_size(self.size, self.ndim, "radius" if self.kind == "ball" else "sigma")
+
+    # ------------------------------------------------------------------ ground truth
+    def read_label(self, path: str | Path, image_shape: tuple[int, ...] | None) -> PointSet:
+        """The image's points, checked against its (Z)YX shape (skipped when None)."""
+        return read_points(path, self.ndim, image_shape, self.class_values)
+
+    # ------------------------------------------------------------------ training side
+    def out_channels(self) -> int:
+        return len(self.class_values) if self.class_values else 1
+
+    def make_targets(self, label: PointSet, path: str | Path | None = None) -> np.ndarray:
+        if label.shape is None:
+            raise InputError(path, "points were read without their image's shape; cannot draw targets")
+        return point_targets(label, label.shape, self.out_channels(), self.kind, self.size, self.voxel_size)
+
+    def foreground(self, target: np.ndarray) -> np.ndarray:
+        return np.asarray(target).max(axis=-1) >= 0.5
+
+    def loss(self) -> torch.nn.Module:
+        from ..losses import PerChannelLoss  # lazy: keeps prediction-only imports light
+
+        weights = self.cfg.get("train", {}).get("loss", {})
+        return PerChannelLoss([self.loss_kind] * self.out_channels(), bce_weight=weights.get("ce", 1.0),
+                              dice_weight=weights.get("dice", 1.0))
+
+    # ------------------------------------------------------------------ prediction side
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.loss_kind in SIGMOID_KINDS:
+            return torch.sigmoid(logits)
+        return logits.clamp(0.0, 1.0)
+
+    def postprocess(self, prediction: np.ndarray) -> PointSet:
+        return detect_points(np.asarray(prediction), self.postprocess_params(), self.voxel_size)
+
+    def postprocess_params(self) -> DetectionParams:
+        """Config parameters, with ``threshold: tuned`` replaced by the tuned value."""
+        if self.params.threshold != "tuned":
+            return self.params
+        path = tuned_threshold_path(self.cfg)
+        if not path.is_file():
+            raise InputError(path, "postprocess.detection.threshold is 'tuned' but the tuning file does not exist; "
+                                   "run the tune_detection rule (needs validation images) first")
+        return replace(self.params, threshold=float(imageio.read_json(path)["threshold"]))
+
+    def write_output(self, path: str | Path, output: PointSet) -> None:
+        imageio.write_csv(path, self.points_table(output))
+
+    def points_table(self, points: PointSet) -> pd.DataFrame:
+        """Columns (z,)y,x, score, class: integer pixels when they are, the class as annotated."""
+        coords = np.round(points.coords, 3)
+        integral = bool(np.all(coords == np.round(coords)))
+        table = {a: (coords[:, i].astype(np.int64) if integral else coords[:, i]) for i, a in enumerate(self.axes)}
+        table["score"] = np.round(points.scores, 6) if points.scores is not None else np.full(len(points), np.nan)
+        labels = self.class_names or ["0"]
+        table["class"] = [_native(labels[k]) for k in points.classes]
+        return pd.DataFrame(table, columns=[*self.axes, "score", "class"])
+
+    def read_output(self, path: str | Path) -> PointSet:
+        return read_points(path, self.ndim, None, self.class_values)
+
+    # ------------------------------------------------------------------ metrics
+    def evaluate(self, output: PointSet, label: PointSet, path: str | Path | None = None) -> dict[str, float]:
+        return detection_metrics(output.coords, output.classes, label.coords, label.classes, self.tolerance,
+                                 self.voxel_size, self.class_names)
+
+    def write_details(self, out_csv_path: str | Path, output: PointSet, label: PointSet) -> None:
+        """``metrics/{image}_assignments.csv``: every TP pair, FP and FN, for inspection."""
+        match = match_points(output.coords, label.coords, self.tolerance, self.voxel_size)
+        table = assignments_table(output.coords, output.classes, output.scores, label.coords, label.classes,
+                                  match, self.axes)
+        out = Path(out_csv_path)
+        imageio.write_csv(out.with_name(f"{out.stem}_assignments.csv"), table)
+
+    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+        return pd.DataFrame([summarize_detection(metrics, self.class_names)])
+
+    # ------------------------------------------------------------------ threshold tuning
+    def tuning_file(self) -> str | None:
+        """The tuning JSON when ``postprocess.detection.threshold`` is 'tuned' (the workflow then tunes first)."""
+        return str(tuned_threshold_path(self.cfg)) if self.params.threshold == "tuned" else None
+
+    def tune(self, predictions: Sequence[np.ndarray], labels: Sequence[PointSet]) -> dict[str, Any]:
+        """Peak threshold maximising F1 on validation predictions (activated, (Z)YXC)."""
+        return tune_detection_threshold(predictions, labels, self.cfg)
+
+    def tune_files(self, prediction_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                   out_json: str | Path | None = None) -> dict[str, Any]:
+        """File-level tuning for the workflow: predictions (Zarr) and points CSVs -> the JSON.
+
+        The prediction's spatial shape is the image's, so it is what points are checked against.
+        """
+        predictions = [imageio.read_array(p) for p in prediction_paths]
+        labels = [self.read_label(lab, pred.shape[:-1]) for pred, lab in zip(predictions, label_paths)]
+        result = self.tune(predictions, labels)
+        imageio.write_json(out_json or tuned_threshold_path(self.cfg), result)
+        return result
+
+
+def _check_size(size: Any, ndim: int, key: str) -> None:
+    if np.ndim(size) != 0 and len(size) != ndim:
+        raise ConfigError(f"targets.detection.{key}", f"has {len(size)} entries but ndim is {ndim}")
+
+
+def _native(name: str) -> int | str:
+    """Class labels that are integers are written as integers."""
+    try:
+        return int(name)
+    except ValueError:
+        return name
