@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean slurm-up slurm-down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_predict.py
+
+# A one-node SLURM test cluster (root; installs slurm-wlm and munge) for tests/test_slurm.py
+slurm-up:
+	timeout -s KILL 600 bash .ci/start-slurm.sh
+
+slurm-down:
+	timeout -s KILL 120 bash .ci/stop-slurm.sh
 
 clean:
 	rm -rf results data/demo .snakemake

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,7 @@ def conv_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 
 def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
-    a, b = torch.rand(n, n), torch.rand(n, n)
+    a, b = torch.rand(n, n, device=DEVICE), torch.rand(n, n, device=DEVICE)
     t, _ = timed(lambda: a @ b, repeat)
     return 2 * n**3 / t / 1e9
 
@@ -239,7 +240,7 @@ def flops_gflops(model: nn.Module, rows: list[Row], args: argparse.Namespace) ->
         t, _ = timed(lambda: model(x), args.rounds * 3)
     rows.append(("U-Net 2D conv FLOPs per 256² tile", f"{flops / 1e9:.2f} GFLOP", "counted by forward hooks"))
     rows.append(("U-Net 2D forward, 256² tile, achieved", f"{flops / t / 1e9:.1f} GFLOP/s", f"{t * 1000:.1f} ms/tile"))
-    rows.append(("fp32 matmul 2048², same threads", f"{matmul_gflops():.1f} GFLOP/s", "torch.matmul"))
+    rows.append(("fp32 matmul 2048², same device and threads", f"{matmul_gflops():.1f} GFLOP/s", "torch.matmul"))
 
 
 def bench_3d(args: argparse.Namespace, rows: list[Row]) -> None:
@@ -248,10 +249,11 @@ def bench_3d(args: argparse.Namespace, rows: list[Row]) -> None:
     cfg = {**TILED_3D, "threads": args.threads}
     variants = model_variants(SPEC_3D)
     tile = torch.rand(1, 1, 32, 128, 128, device=DEVICE)
-    for name in ("plain (NCHW, BN separate)", "channels-last + BN folded (default)"):
-        model, cl = variants[name]
+    for name in ("plain (NCHW, BN separate)", "channels-last + BN folded (default)", "default + bfloat16 autocast"):
+        model, cl = variants[name.replace("default + bfloat16 autocast", "channels-last + BN folded (default)")]
         x = tile.contiguous(memory_format=torch.channels_last_3d) if cl else tile
-        with torch.inference_mode():
+        ctx = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if "bfloat16" in name else nullcontext()
+        with torch.inference_mode(), ctx:
             t, _ = timed(lambda m=model, x=x: m(x), args.rounds)
         rows.append((f"3D forward 32×128×128 tile, {name}", f"{t:.2f} s/tile",
                      f"{conv_flops(model, x) / t / 1e9:.1f} GFLOP/s"))
@@ -259,6 +261,10 @@ def bench_3d(args: argparse.Namespace, rows: list[Row]) -> None:
     t, _ = timed(lambda: predict_image(model, volume, cfg, softmax, 8, DEVICE, channels_last=cl), 1, warmup=False)
     rows.append((f"3D tiled {'×'.join(map(str, shape))}, tile 32×128×128, overlap 0.25",
                  f"{volume.size / t / 1e6:.2f} Mvoxel/s", f"{t:.1f} s per volume"))
+    t, _ = timed(lambda: predict_image(model, volume, {**cfg, "mode": "whole"}, softmax, 8, DEVICE,
+                                       channels_last=cl), 1, warmup=False)
+    rows.append((f"3D whole-volume {'×'.join(map(str, shape))}", f"{volume.size / t / 1e6:.2f} Mvoxel/s",
+                 f"{t:.1f} s per volume (no overlap recomputation)"))
     rows.append(("peak RSS after 3D", f"{peak_rss_mib():.0f} MiB", f"volume {volume.nbytes / 2**20:.0f} MiB in"))
 
 
@@ -285,7 +291,8 @@ def main() -> None:
     DEVICE = torch.device(args.device)
     load_at_start = os.getloadavg()[0]
     start = time.perf_counter()
-    rows: list[Row] = [("`import torch` (fresh interpreter)", f"{import_torch_seconds():.2f} s", "")]
+    rows: list[Row] = [("`import torch` (fresh interpreter)", f"{import_torch_seconds():.2f} s", ""),
+                       ("peak RSS after imports", f"{peak_rss_mib():.0f} MiB", "torch, numpy, biapipe")]
     with tempfile.TemporaryDirectory() as tmp:
         cold, cached = load_times(Path(tmp))
     rows.append(("model load from checkpoint (cold / cached)", f"{cold * 1000:.0f} ms / {cached * 1e6:.0f} µs",

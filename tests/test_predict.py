@@ -111,6 +111,10 @@ def test_bfloat16_is_close_to_float32() -> None:
     b = predict_image(model, image, CFG, identity, 8, "cpu", dtype=torch.bfloat16)
     assert b.dtype == np.float32
     np.testing.assert_allclose(a, b, atol=0.05)
+    c = predict_image(model, image, {**CFG, "precision": "bfloat16"}, identity, 8, "cpu")
+    np.testing.assert_array_equal(b, c)
+    with pytest.raises(ConfigError, match="predict.precision"):
+        predict_image(model, image, {**CFG, "precision": "fp8"}, identity, 8, "cpu")
 
 
 def test_training_mode_model_is_put_in_eval_mode() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .augment import Augmenter
+from .augment import AugmentDraw, Augmenter
 from .axes import to_torch_layout
 from .errors import InputError
 from .imageio import image_id, read_array
@@ -206,13 +206,20 @@ def to_tensors(image: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, tor
 
 
 class TrainPatches(Dataset):
-    """``length`` random, augmented patches per epoch; item i of epoch e depends only on (seed, e, i)."""
+    """``length`` random, augmented patches per epoch; item i of epoch e depends only on (seed, e, i).
 
-    def __init__(self, sampler: PatchSampler, length: int, seed: int, augmenter: Augmenter | None) -> None:
+    With ``augment_on_device`` the torch stage of augmentation (see :mod:`biapipe.augment`)
+    is left to the training loop, which runs it batched on the GPU: items are then
+    ``(image, target, draw)`` with the patch's drawn parameters as a float64 row.
+    """
+
+    def __init__(self, sampler: PatchSampler, length: int, seed: int, augmenter: Augmenter | None,
+                 augment_on_device: bool = False) -> None:
         self.sampler = sampler
         self.length = int(length)
         self.seed = seed_entropy(seed)
         self.augmenter = augmenter
+        self.augment_on_device = bool(augment_on_device) and augmenter is not None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -221,14 +228,37 @@ class TrainPatches(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        image, target, draw = self.draw_patch(i)
+        if draw is None:
+            return image, target
+        if self.augment_on_device:
+            return image, target, draw.to_tensor()
+        return self._apply(image, target, draw)
+
+    def augmented(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item ``i`` fully augmented here, on CPU, wherever training augments (debug samples)."""
+        image, target, draw = self.draw_patch(i)
+        return (image, target) if draw is None else self._apply(image, target, draw)
+
+    def draw_patch(self, i: int) -> tuple[torch.Tensor, torch.Tensor, AugmentDraw | None]:
+        """Crop, exact (numpy) augmentation and the draw of the torch stage, all from one generator."""
         if not 0 <= i < self.length:
             raise IndexError(i)
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, self.epoch, int(i)])
         image, target = self.sampler.crop(*self.sampler.draw(rng))
-        if self.augmenter is not None:
-            image, target = self.augmenter(image, target, rng)
-        return to_tensors(image, target)
+        if self.augmenter is None:
+            return (*to_tensors(image, target), None)
+        image, target = self.augmenter(image, target, rng)
+        draw = self.augmenter.draw(rng)
+        return (*to_tensors(image, target), draw)
+
+    def _apply(self, image: torch.Tensor, target: torch.Tensor, draw: AugmentDraw) -> tuple[torch.Tensor, torch.Tensor]:
+        if draw.is_neutral:
+            return image, target
+        assert self.augmenter is not None
+        image, target = self.augmenter.apply(image[None], target[None], [draw])
+        return image[0], target[0]
 
 
 class ValPatches(Dataset):
@@ -257,8 +287,11 @@ class PatchData:
 
 
 def build_datasets(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPair],
-                   val_pairs: Sequence[PathPair]) -> PatchData:
-    """Load and check all training and validation data; raises InputError before any training."""
+                   val_pairs: Sequence[PathPair], augment_on_device: bool = False) -> PatchData:
+    """Load and check all training and validation data; raises InputError before any training.
+
+    ``augment_on_device``: leave the torch stage of augmentation to the training loop (CUDA).
+    """
     tcfg = cfg["train"]
     patch_size = [int(p) for p in tcfg["patch_size"]]
     if not train_pairs:
@@ -269,7 +302,7 @@ def build_datasets(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPa
         _check_consistent([train_samples[0], *val_samples], [train_pairs[0], *val_pairs])
     fraction = float(tcfg["foreground_fraction"])
     train = TrainPatches(PatchSampler(train_samples, patch_size, fraction), tcfg["patches_per_epoch"],
-                         cfg["seed"], Augmenter.from_config(cfg))
+                         cfg["seed"], Augmenter.from_config(cfg), augment_on_device)
     val = ValPatches(PatchSampler(val_samples, patch_size, fraction), tcfg["val_patches"], cfg["seed"]) \
         if val_samples else None
     return PatchData(train=train, val=val, in_channels=int(train_samples[0].image.shape[0]),

@@ -227,7 +227,8 @@ def make_batch_fn(
             logits = model(x)
         with torch.inference_mode():
             y = activate(logits.float())
-        return y.movedim(1, -1).cpu().numpy()
+        # channels-last on the device (free when the conv output already is), one copy to host
+        return y.movedim(1, -1).contiguous().cpu().numpy()
 
     return fn
 
@@ -251,7 +252,7 @@ def predict_image(
     device: str | torch.device = "cpu",
     *,
     channels_last: bool | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Predict one normalized (Z)YXC float32 image; returns (Z)YXC float32 ``activate(logits)``.
@@ -267,6 +268,8 @@ def predict_image(
     torch.set_num_threads(int(cfg_predict.get("threads", torch.get_num_threads())))
     if channels_last is None:
         channels_last = dev.type == "cpu" and CHANNELS_LAST_CPU
+    if dtype is None:
+        dtype = _precision(cfg_predict.get("precision", "float32"))
     fn = make_batch_fn(model, activate, dev, channels_last=channels_last, dtype=dtype)
     spatial = tuple(image.shape[:-1])
     mode = cfg_predict.get("mode", "tiled")
@@ -286,6 +289,15 @@ def predict_image(
         out=out,
         trim=float(cfg_predict.get("trim", DEFAULT_TRIM)),
     )
+
+
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _precision(name: str) -> torch.dtype:
+    if name not in PRECISIONS:
+        raise ConfigError("predict.precision", f"'{name}' is not one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[name]
 
 
 def _tile_size(cfg_predict: dict[str, Any], ndim: int) -> tuple[int, ...]:

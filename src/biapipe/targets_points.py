@@ -51,8 +51,8 @@ class PointSet:
 
     def __post_init__(self) -> None:
         coords = np.asarray(self.coords, dtype=np.float64)
-        if coords.ndim != 2:
-            coords = coords.reshape(len(coords), -1)
+        if coords.ndim != 2:  # a flat list of one point per row, or an empty list
+            coords = coords.reshape(len(coords), -1) if coords.size else coords.reshape(0, 0)
         object.__setattr__(self, "coords", coords)
         object.__setattr__(self, "classes", np.asarray(self.classes, dtype=np.int64).reshape(-1))
         if self.scores is not None:

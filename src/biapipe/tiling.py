@@ -190,21 +190,26 @@ def weight_sums_1d(grid: TileGrid, windows: list[dict[int, np.ndarray]]) -> list
 
 
 class _TileWindows:
-    """The (Z)YX window of a tile from its starts; at most 3**ndim distinct ones
-    exist (first, inner, last along each axis), so each is built once."""
+    """The (Z)YXC window of a tile from its starts.
+
+    At most 3**ndim distinct windows exist (first, inner, last along each axis), so
+    each is built once. The channel axis is materialised rather than broadcast:
+    numpy's inner loop then runs over whole rows instead of over C (often 1 or 2)
+    values, which makes accumulation several times faster.
+    """
 
     def __init__(self, windows: list[dict[int, np.ndarray]]) -> None:
         self.windows = windows
         self.ends = [(min(w), max(w)) for w in windows]
-        self.cache: dict[tuple[tuple[bool, bool], ...], np.ndarray] = {}
+        self.cache: dict[tuple[Any, ...], np.ndarray] = {}
 
-    def __call__(self, start: Sequence[int]) -> np.ndarray:
-        key = tuple((s == lo, s == hi) for s, (lo, hi) in zip(start, self.ends, strict=True))
+    def __call__(self, start: Sequence[int], channels: int) -> np.ndarray:
+        key = (channels, *((s == lo, s == hi) for s, (lo, hi) in zip(start, self.ends, strict=True)))
         if key not in self.cache:
             out = np.ones((), dtype=np.float32)
             for per_start, s in zip(self.windows, start, strict=True):
                 out = np.multiply.outer(out, per_start[s])
-            self.cache[key] = out
+            self.cache[key] = np.repeat(out[..., np.newaxis], channels, axis=-1)
         return self.cache[key]
 
 
@@ -247,30 +252,35 @@ def _batches(grid: TileGrid, batch_size: int) -> Iterator[list[tuple[int, ...]]]
 
 
 def _accumulate(out: np.ndarray, pred: np.ndarray, start: Sequence[int], window: np.ndarray) -> None:
-    """Add one weighted tile prediction into the (Z)YXC sum, cropping padded parts."""
+    """Add one weighted tile prediction into the (Z)YXC sum, cropping padded parts.
+    ``window`` is (Z)YXC like ``pred``."""
     dst, src = [], []
-    for s, t, n in zip(start, window.shape, out.shape[:-1], strict=True):
+    for s, t, n in zip(start, window.shape[:-1], out.shape[:-1], strict=True):
         lo, hi = max(s, 0), min(s + t, n)
         dst.append(slice(lo, hi))
         src.append(slice(lo - s, hi - s))
     src_t = tuple(src)
-    out[tuple(dst)] += pred[src_t] * window[src_t][..., np.newaxis]
+    out[tuple(dst)] += pred[src_t] * window[src_t]
 
 
 def _normalise(out: np.ndarray, sums: list[np.ndarray], rows: int = 16) -> None:
-    """Divide the weighted sum by the weight sum in place, one axis at a time and a
-    few rows at a time, so no image-sized temporary is made and a memmap streams."""
-    ndim = len(sums)
-    factors = []
-    for axis, s in enumerate(sums):
-        shape = [1] * (ndim + 1)
-        shape[axis] = -1
-        factors.append((1.0 / s).astype(np.float32).reshape(shape))
-    for i in range(0, out.shape[0], rows):
-        block = out[i : i + rows]
-        block *= factors[0][i : i + rows]
-        for f in factors[1:]:
-            block *= f
+    """Divide the weighted sum by the weight sum in place, a few rows at a time, so
+    no image-sized temporary is made and a memmap streams.
+
+    The array is seen as (rows, everything else): the factor of the first axis is
+    per row and that of the other axes is one flat vector, so numpy's inner loops
+    run over whole rows rather than over the channel axis.
+    """
+    first = (1.0 / sums[0]).astype(np.float32)[:, np.newaxis]
+    rest = np.ones((), dtype=np.float64)
+    for s in sums[1:]:
+        rest = np.multiply.outer(rest, 1.0 / s)
+    rest = np.multiply.outer(rest, np.ones(out.shape[-1])).astype(np.float32).ravel()
+    flat = out.reshape(out.shape[0], -1)  # a view: out is C-contiguous (ours or a memmap)
+    for i in range(0, flat.shape[0], rows):
+        block = flat[i : i + rows]
+        block *= first[i : i + rows]
+        block *= rest
 
 
 def run_tiled(
@@ -305,10 +315,10 @@ def run_tiled(
         _check_prediction(pred, batch)
         if out is None:
             out = np.zeros(grid.shape + pred.shape[-1:], dtype=np.float32)
-        elif out.shape != grid.shape + pred.shape[-1:]:
-            raise ValueError(f"out has shape {out.shape}, expected {grid.shape + pred.shape[-1:]}")
+        elif out.shape != grid.shape + pred.shape[-1:] or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous of shape {grid.shape + pred.shape[-1:]}, got {out.shape}")
         for s, p in zip(starts, pred, strict=True):
-            _accumulate(out, p, s, tile_window(s))
+            _accumulate(out, p, s, tile_window(s, p.shape[-1]))
     assert out is not None  # the grid always has at least one tile
     _normalise(out, weight_sums_1d(grid, windows))
     return out

@@ -1,6 +1,43 @@
 # Config validation, sample discovery and input functions shared by all rules.
+import os
 import sys
 from pathlib import Path
+
+
+def _slurm_group_in_one_process(argv):
+    """On SLURM, run a group job's jobs in this one Snakemake process (docs/cluster.md).
+
+    The executor plugin starts a group job's Snakemake with `--executor slurm-jobstep
+    --jobs 1`, which runs every image of the group as its own `srun` + Snakemake process,
+    one after another (snakemake-executor-plugin-slurm issue 469): torch imported and the
+    model loaded once per image. Re-exec as the local executor with threads instead (the
+    workflow profile is not read in --mode remote); --cores and the job's GPUs bound it.
+    """
+    if not os.environ.get("SLURM_JOB_ID") or "--target-jobs" not in argv or "--executor" not in argv:
+        return
+    if argv[argv.index("--executor") + 1] != "slurm-jobstep":
+        return
+    targets = argv[argv.index("--target-jobs") + 1 :]
+    if len(next((targets[:i] for i, a in enumerate(targets) if a.startswith("-")), targets)) < 2:
+        return  # a single job (train): keep the plugin's srun step
+    drop = {"--executor": 2, "--jobs": 2, "--slurm-jobstep-pass-command-as-script": 1}
+    args, i = [], 0
+    while i < len(argv):
+        if argv[i] in drop:
+            i += drop[argv[i]]
+        else:
+            args.append(argv[i])
+            i += 1
+    args.append("--force-use-threads")
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE")
+    if gpus and "--resources" not in args:
+        args += ["--resources", f"gpu={gpus}"]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *args])
+
+
+_slurm_group_in_one_process(sys.argv[1:])
 
 import yaml
 

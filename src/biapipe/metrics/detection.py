@@ -8,10 +8,11 @@ matching maximises the number of matches, then minimises their total distance.
 
 All pairs within the tolerance come from a KD-tree (``cKDTree.sparse_distance_matrix``),
 so only real candidates are considered. The bipartite graph they form splits into
-connected groups that do not interact; a group that is a single pair is matched
-directly (nearly all of them at sensible tolerances), the others by the Hungarian
-algorithm (``linear_sum_assignment``) on their own small dense matrix. 100k points
-therefore cost a fraction of a second instead of a 10^10-entry matrix.
+connected groups that do not interact; a group with a single prediction or a single
+truth can hold one match only and takes its shortest pair (nearly all groups at
+sensible tolerances), the others are solved by the Hungarian algorithm
+(``linear_sum_assignment``) on their own small dense matrix. 100k points therefore cost
+about a second, not a 10^10-entry matrix.
 
 Per image: TP, FP, FN, precision, recall, F1 and mean localization error (mean distance
 of the matched pairs, physical units), class-agnostic; with classes, the same per class
@@ -77,50 +78,79 @@ def candidate_pairs(pred: np.ndarray, gt: np.ndarray, tolerance: float,
 def match_points(pred: np.ndarray, gt: np.ndarray, tolerance: float,
                  voxel_size: Sequence[float] | None = None) -> Matching:
     """Optimal one-to-one matching of (N, ndim) predicted and (M, ndim) true pixel coordinates."""
-    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
-    gt = np.asarray(gt, dtype=np.float64).reshape(len(gt), -1)
     if len(pred) == 0 or len(gt) == 0:
         return Matching.empty()
+    pred = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)
+    gt = np.asarray(gt, dtype=np.float64).reshape(len(gt), -1)
     i, j, d = candidate_pairs(pred, gt, tolerance, voxel_size)
     if len(i) == 0:
         return Matching.empty()
     n_pred = len(pred)
     graph = sparse.coo_matrix((np.ones(len(i)), (i, n_pred + j)), shape=(n_pred + len(gt),) * 2)
     _, component = connected_components(graph, directed=False)
-    edge_group = component[i]
-    sizes = np.bincount(edge_group)
-    single = sizes[edge_group] == 1
-    parts = [(i[single], j[single], d[single])]
-    multi = np.flatnonzero(~single)
-    if multi.size:
-        order = multi[np.argsort(edge_group[multi], kind="stable")]
-        bounds = np.flatnonzero(np.diff(edge_group[order])) + 1
-        for edges in np.split(order, bounds):
-            parts.append(_assign_group(i[edges], j[edges], d[edges], tolerance))
+    group = component[i]
+    star = _is_star(component, n_pred, group, i, j)
+    parts = [_closest_per_group(group[star], i[star], j[star], d[star])]
+    rest = np.flatnonzero(~star)
+    if rest.size:
+        parts.append(_assign_groups(group[rest], i[rest], j[rest], d[rest], tolerance))
     pi, gj, dist = (np.concatenate(x) for x in zip(*parts))
     order = np.argsort(pi, kind="stable")
     return Matching(pi[order], gj[order], dist[order])
 
 
-def _assign_group(i: np.ndarray, j: np.ndarray, d: np.ndarray,
-                  tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Hungarian assignment of one connected group: most matches first, then least distance.
+def _is_star(component: np.ndarray, n_pred: int, group: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Per edge: does its group have a single prediction or a single truth?
+
+    Such a group (a lone pair included) can hold one match only, so the optimal matching
+    is simply its shortest pair; no assignment problem needs solving.
+    """
+    n_groups = int(component.max()) + 1
+    preds = np.bincount(component[np.unique(i)], minlength=n_groups)
+    truths = np.bincount(component[n_pred + np.unique(j)], minlength=n_groups)
+    return (preds[group] == 1) | (truths[group] == 1)
+
+
+def _closest_per_group(group: np.ndarray, i: np.ndarray, j: np.ndarray,
+                       d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shortest edge of each group (ties: first found), vectorized."""
+    if len(group) == 0:
+        return i, j, d
+    order = np.lexsort((np.arange(len(d)), d, group))
+    first = order[np.r_[True, np.diff(group[order]) != 0]]
+    return i[first], j[first], d[first]
+
+
+def _assign_groups(group: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarray,
+                   tolerance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hungarian assignment of each group: most matches first, then least total distance.
 
     Costs: a candidate pair costs its distance / tolerance (at most ~1); a non-pair costs
     more than all pairs of the group together, so trading one match for any set of
-    shorter ones never pays.
+    shorter ones never pays. Rows and columns are numbered within their group once, for
+    all groups together, so the loop only fills and solves each small matrix.
     """
-    rows, ri = np.unique(i, return_inverse=True)
-    cols, ci = np.unique(j, return_inverse=True)
-    forbidden = float(min(len(rows), len(cols)) + 2)
-    cost = np.full((len(rows), len(cols)), forbidden)
-    cost[ri, ci] = d / max(tolerance, 1e-300)
-    distance = np.zeros_like(cost)
-    distance[ri, ci] = d
-    r, c = linear_sum_assignment(cost)
-    real = cost[r, c] < forbidden
-    r, c = r[real], c[real]
-    return rows[r], cols[c], distance[r, c]
+    order = np.argsort(group, kind="stable")
+    group, i, j, d = group[order], i[order], j[order], d[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
+    row, row_owner = _local_index(group, i, starts)
+    col, col_owner = _local_index(group, j, starts)
+    out_i, out_j, out_d = [], [], []
+    for lo, hi in zip(starts, np.r_[starts[1:], len(group)]):
+        r_loc, c_loc = row[lo:hi], col[lo:hi]
+        shape = (int(r_loc.max()) + 1, int(c_loc.max()) + 1)
+        forbidden = float(min(shape) + 2)
+        cost = np.full(shape, forbidden)
+        cost[r_loc, c_loc] = d[lo:hi] / max(tolerance, 1e-300)
+        distance = np.zeros(shape)
+        distance[r_loc, c_loc] = d[lo:hi]
+        r, c = linear_sum_assignment(cost)
+        real = cost[r, c] < forbidden
+        out_i.append(row_owner[lo:hi][np.searchsorted(r_loc_sorted := np.sort(r_loc), r[real])] if False else
+                     _owners(r_loc, i[lo:hi], r[real]))
+        out_j.append(_owners(c_loc, j[lo:hi], c[real]))
+        out_d.append(distance[r[real], c[real]])
+    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
 
 
 # --------------------------------------------------------------------------- per image
@@ -215,7 +245,7 @@ def summarize_detection(metrics: pd.DataFrame, class_names: Sequence[str] | None
 
 
 def _pooled(metrics: pd.DataFrame, suffix: str) -> dict[str, float]:
-    tp, fp, fn = (_sum(metrics, f"{c}{suffix}") for c in ("tp", "fp", "fn"))
+    tp, fp, fn = (int(_sum(metrics, f"{c}{suffix}")) for c in ("tp", "fp", "fn"))
     out = {f"n_pred{suffix}": tp + fp, f"n_gt{suffix}": tp + fn, f"tp{suffix}": tp, f"fp{suffix}": fp,
            f"fn{suffix}": fn, f"pooled_precision{suffix}": ratio(tp, tp + fp),
            f"pooled_recall{suffix}": ratio(tp, tp + fn), f"pooled_f1{suffix}": ratio(2 * tp, 2 * tp + fp + fn)}

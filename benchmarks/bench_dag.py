@@ -1,0 +1,116 @@
+"""How long Snakemake takes to parse the workflow and build the DAG (`snakemake -n`) for
+datasets of many images; prints a markdown table.
+
+    .venv/bin/python benchmarks/bench_dag.py                      # 1,000 / 10,000 / 50,000 images
+    .venv/bin/python benchmarks/bench_dag.py --sizes 10000 --profile prof.out   # + cProfile of one run
+
+The images are real 16x16 uint8 TIFFs, but only one image and one label file is written:
+every other file is a hard link to them, so making 50,000 pairs takes seconds and the
+header checks still open, stat and parse every path (a link is a file like any other).
+One image in five is a training image (validation carved out by `train.val_fraction`),
+the rest are test images with labels, so the DAG holds every per-image rule.
+
+Two timings per size: `cold`, the first parse (every header read, probe cache written to
+`.snakemake/biapipe/probe-cache.json`), and `warm`, a second parse with the cache (what
+every later `snakemake` call, and every cluster job, pays). Target: warm < 20 s for 10,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 16
+
+
+def make_dataset(root: Path, n_images: int) -> None:
+    """n_images image/label pairs: one real TIFF each, everything else hard links."""
+    n_train = max(2, n_images // 5)
+    proto = root / "proto"
+    proto.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(proto / "image.tif", rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8))
+    tifffile.imwrite(proto / "label.tif", (rng.random((SIZE, SIZE)) > 0.5).astype(np.uint8))
+    for split, ids in (("train", range(n_train)), ("test", range(n_train, n_images))):
+        for kind, src in (("images", proto / "image.tif"), ("labels", proto / "label.tif")):
+            folder = root / split / kind
+            folder.mkdir(parents=True)
+            for i in ids:
+                os.link(src, folder / f"img_{i:06d}.tif")
+
+
+def config(root: Path) -> dict:
+    return {
+        "experiment": "bench",
+        "workflow": "semantic",
+        "ndim": 2,
+        "seed": 0,
+        "data": {s: {"images": str(root / s / "images"), "labels": str(root / s / "labels")} for s in ("train", "test")},
+        "targets": {"classes": 2, "binarize": True},
+        "train": {"patch_size": [SIZE, SIZE]},
+        "predict": {"tile_size": [SIZE, SIZE]},
+    }
+
+
+def dry_run(workdir: Path, cfgfile: Path, profile_out: str | None = None) -> float:
+    cmd = [sys.executable]
+    if profile_out:
+        cmd += ["-m", "cProfile", "-o", profile_out]
+    cmd += ["-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(cfgfile), "--cores", "2", "-n", "--quiet", "all"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"snakemake -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the warm run of the last size to FILE")
+    ap.add_argument("--keep", action="store_true", help="keep the generated datasets (printed paths)")
+    args = ap.parse_args()
+
+    rows = []
+    for n in args.sizes:
+        root = Path(tempfile.mkdtemp(prefix=f"bench_dag_{n}_"))
+        try:
+            t0 = time.perf_counter()
+            make_dataset(root / "data", n)
+            t_make = time.perf_counter() - t0
+            cfgfile = root / "cfg.yaml"
+            cfgfile.write_text(yaml.safe_dump(config(root / "data")))
+            cold = dry_run(root, cfgfile)
+            warm = dry_run(root, cfgfile)
+            if args.profile and n == args.sizes[-1]:
+                dry_run(root, cfgfile, args.profile)
+            rows.append((n, 2 * n, t_make, cold, warm))
+            print(f"{n} images: cold {cold:.1f} s, warm {warm:.1f} s", file=sys.stderr)
+        finally:
+            if args.keep:
+                print(f"kept {root}", file=sys.stderr)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
+
+    print(f"\n`snakemake -n` (parse + header checks + DAG), {os.cpu_count()} CPUs, semantic 2D, 1/5 train\n")
+    print("| images | files | make data (s) | cold: first parse (s) | warm: cached headers (s) |")
+    print("|---:|---:|---:|---:|---:|")
+    for n, files, t_make, cold, warm in rows:
+        print(f"| {n:,} | {files:,} | {t_make:.1f} | {cold:.1f} | {warm:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
