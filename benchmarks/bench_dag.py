@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ import tifffile
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = Path(os.environ.get("BIAPIPE_BENCH_SNAKEFILE", REPO / "workflow" / "Snakefile"))
 SIZE = 16
 
 
@@ -63,18 +65,18 @@ def config(root: Path) -> dict:
     }
 
 
-def dry_run(workdir: Path, cfgfile: Path, profile_out: str | None = None) -> float:
+def dry_run(workdir: Path, cfgfile: Path, profile_out: str | None = None, extra: list[str] = ()) -> tuple[float, float]:
     cmd = [sys.executable]
     if profile_out:
         cmd += ["-m", "cProfile", "-o", profile_out]
-    cmd += ["-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(cfgfile), "--cores", "2", "-n", "--quiet", "all"]
-    t0 = time.perf_counter()
+    cmd += ["-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir)]
+    cmd += ["--configfile", str(cfgfile), "--cores", "2", "-n", "--quiet", *extra]
+    t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - t0
+    elapsed, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"snakemake -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return elapsed
+    return elapsed, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def main() -> None:
@@ -82,7 +84,9 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the warm run of the last size to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the generated datasets (printed paths)")
+    ap.add_argument("--smk-profile", metavar="DIR", help="also pass --profile DIR (e.g. profiles/slurm: groups)")
     args = ap.parse_args()
+    extra = ["--profile", str(Path(args.smk_profile).resolve())] if args.smk_profile else []
 
     rows = []
     for n in args.sizes:
@@ -93,23 +97,26 @@ def main() -> None:
             t_make = time.perf_counter() - t0
             cfgfile = root / "cfg.yaml"
             cfgfile.write_text(yaml.safe_dump(config(root / "data")))
-            cold = dry_run(root, cfgfile)
-            warm = dry_run(root, cfgfile)
+            cold = dry_run(root, cfgfile, extra=extra)
+            warm = dry_run(root, cfgfile, extra=extra)
             if args.profile and n == args.sizes[-1]:
-                dry_run(root, cfgfile, args.profile)
-            rows.append((n, 2 * n, t_make, cold, warm))
-            print(f"{n} images: cold {cold:.1f} s, warm {warm:.1f} s", file=sys.stderr)
+                dry_run(root, cfgfile, args.profile, extra=extra)
+            rows.append((n, t_make, cold, warm))
+            print(f"{n} images: cold {cold[0]:.1f} s, warm {warm[0]:.1f} s (cpu {warm[1]:.1f} s)", file=sys.stderr)
         finally:
             if args.keep:
                 print(f"kept {root}", file=sys.stderr)
             else:
                 shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n`snakemake -n` (parse + header checks + DAG), {os.cpu_count()} CPUs, semantic 2D, 1/5 train\n")
-    print("| images | files | make data (s) | cold: first parse (s) | warm: cached headers (s) |")
-    print("|---:|---:|---:|---:|---:|")
-    for n, files, t_make, cold, warm in rows:
-        print(f"| {n:,} | {files:,} | {t_make:.1f} | {cold:.1f} | {warm:.1f} |")
+    where = f" --profile {args.smk_profile}" if args.smk_profile else ""
+    print(f"\n`snakemake -n{where}` (parse, header checks, DAG, dry-run schedule); semantic 2D, 1/5 of images train;")
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (wall time grows with load, CPU time less)\n")
+    print("| images | jobs | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for n, _, cold, warm in rows:
+        jobs = 4 * n - 2 * max(2, n // 5) + 3
+        print(f"| {n:,} | {jobs:,} | {cold[0]:.1f} | {cold[1]:.1f} | {warm[0]:.1f} | {warm[1]:.1f} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Speed and memory of the predict stage on this machine; prints one markdown table.
 
-    .venv/bin/python benchmarks/bench_predict.py [--threads N] [--quick] [--compile]
+    .venv/bin/python benchmarks/bench_predict.py [--threads N] [--rounds R] [--n2d N]
+                                                 [--quick] [--compile] [--device cpu|cuda]
 
 Measures, for the default U-Net (depth 3, width 16, batch norm) with random weights:
 2D tiled and whole-image throughput on 512x512 images, 3D throughput on a 64x256x256
@@ -8,6 +9,8 @@ volume, the speed options tried (memory layout, BatchNorm folding, tile batch si
 bfloat16, torch.compile with --compile), achieved convolution GFLOP/s next to a plain
 fp32 matmul, peak RSS, model load time and ``import torch`` time. Weights are random:
 speed does not depend on them, and the bfloat16 error is reported on a smooth image.
+Options are timed round-robin and the best round is kept, so a burst of other work on
+a shared machine slows every option alike; the load average is printed with the table.
 """
 
 from __future__ import annotations
@@ -254,8 +257,8 @@ def bench_3d(args: argparse.Namespace, rows: list[Row]) -> None:
         x = tile.contiguous(memory_format=torch.channels_last_3d) if cl else tile
         ctx = torch.autocast(DEVICE.type, dtype=torch.bfloat16) if "bfloat16" in name else nullcontext()
         with torch.inference_mode(), ctx:
-            t, _ = timed(lambda m=model, x=x: m(x), args.rounds)
-        rows.append((f"3D forward 32×128×128 tile, {name}", f"{t:.2f} s/tile",
+            t, _ = timed(lambda m=model, x=x: m(x), min(args.rounds, 2))
+        rows.append((f"3D forward 32×128×128 tile, {name}", f"{t * 1000:.0f} ms/tile",
                      f"{conv_flops(model, x) / t / 1e9:.1f} GFLOP/s"))
     model, cl = variants["channels-last + BN folded (default)"]
     t, _ = timed(lambda: predict_image(model, volume, cfg, softmax, 8, DEVICE, channels_last=cl), 1, warmup=False)

@@ -124,16 +124,19 @@ def test_localization_error_is_physical():
     assert m["loc_error"] == pytest.approx((1.0 + 1.5) / 2)
 
 
-def test_matching_many_points_agrees_with_dense_hungarian():
+@pytest.mark.parametrize(("seed", "side", "tol"), [(0, 60, 3.0), (1, 40, 4.0), (2, 30, 5.0), (3, 25, 6.0)])
+def test_matching_many_points_agrees_with_dense_hungarian(seed, side, tol):
+    """Dense points (many groups with several predictions and truths) against one big solve."""
     from scipy.optimize import linear_sum_assignment
     from scipy.spatial.distance import cdist
 
-    rng = np.random.default_rng(0)
-    gt = rng.uniform(0, 60, size=(80, 2))
-    pred = np.concatenate([gt[:60] + rng.normal(0, 1.5, size=(60, 2)), rng.uniform(0, 60, size=(30, 2))])
-    tol = 3.0
+    rng = np.random.default_rng(seed)
+    gt = rng.uniform(0, side, size=(80, 2))
+    pred = np.concatenate([gt[:60] + rng.normal(0, 1.5, size=(60, 2)), rng.uniform(0, side, size=(30, 2))])
     match = match_points(pred, gt, tol)
+    assert len(set(match.pred.tolist())) == len(set(match.gt.tolist())) == match.tp  # one-to-one
     d = cdist(pred, gt)
+    assert np.allclose(d[match.pred, match.gt], match.distance) and (match.distance <= tol).all()
     cost = np.where(d <= tol, d / tol, 1e6)
     r, c = linear_sum_assignment(cost)
     ok = d[r, c] <= tol

@@ -54,7 +54,7 @@ def test_spec_from_config_uses_schema_defaults_and_is_plain_json() -> None:
                            "data": {"train": {"images": "x"}}, "train": {"model": {"width": 8}}})
     s = model_spec_from_config(cfg, in_channels=2, out_channels=3)
     assert s == {"arch": "unet", "ndim": 3, "in_channels": 2, "out_channels": 3, "depth": 3, "width": 8,
-                 "norm": "batch", "dropout": 0.0}
+                 "norm": "batch", "dropout": 0.0, "pool_z": [True, True, True]}
     assert json.loads(json.dumps(s)) == s
 
 
@@ -75,3 +75,92 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout() -> None:
     assert torch.equal(model(x), model(x))
     model.train()
     assert not torch.equal(model(x), model(x))
+
+
+# --------------------------------------------------------------------------- architectures, anisotropy
+
+from biapipe.models import ActivatedNet, divisor_per_axis, resolve_pool_z  # noqa: E402
+
+ARCHS = ["unet", "resunet", "attention_unet"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_every_architecture_runs_in_2d_and_3d(arch: str, norm: str) -> None:
+    model2 = build_model(spec(arch=arch, norm=norm, in_channels=2, out_channels=3, dropout=0.1))
+    assert model2(torch.randn(2, 2, 16, 20)).shape == (2, 3, 16, 20)
+    model3 = build_model(spec(arch=arch, norm=norm, ndim=3, pool_z=[False, True]))
+    out = model3(torch.randn(1, 1, 6, 16, 12))  # z only needs to be even: it is pooled once
+    assert out.shape == (1, 2, 6, 16, 12)
+
+
+def test_architectures_differ_in_blocks_not_interface() -> None:
+    counts = {a: count_parameters(build_model(spec(arch=a, depth=3, width=16))) for a in ARCHS}
+    assert counts["unet"] < counts["attention_unet"] < 1.2 * counts["unet"]
+    assert counts["resunet"] > counts["unet"]  # 1x1 projections on the shortcuts
+    names = [n for n, _ in build_model(spec(arch="attention_unet")).named_modules()]
+    assert any(n.endswith("gate.psi") for n in names)
+
+
+def test_unet_state_dict_keys_are_unchanged() -> None:
+    """Checkpoints written before resunet/attention existed must still load."""
+    keys = set(build_model(spec(depth=1, width=2)).state_dict())
+    assert "decoders.0.up.weight" in keys and "decoders.0.conv.0.weight" in keys and "head.weight" in keys
+    assert not any("gate" in k or "pool" in k for k in keys)
+
+
+@pytest.mark.parametrize(("voxel", "patch_z", "expected"), [
+    (None, None, [True, True, True]),
+    ([1.0, 1.0, 1.0], 32, [True, True, True]),
+    ([2.0, 1.0, 1.0], 32, [True, True, True]),  # at most twice the YX spacing: pool
+    ([3.0, 1.0, 1.0], 32, [False, True, True]),  # z 3 > 2 x 1; then 3 <= 2 x 2
+    ([5.0, 1.0, 1.0], 32, [False, False, True]),  # 5 > 2, 5 > 4, 5 <= 8
+    ([10.0, 0.5, 0.5], 32, [False, False, False]),
+    ([1.0, 1.0, 1.0], 6, [True, False, False]),  # 6 -> 3: an odd extent is not halved again
+])
+def test_pool_z_auto_follows_spacing_and_patch(voxel: list | None, patch_z: int | None, expected: list) -> None:
+    assert resolve_pool_z("auto", 3, voxel, patch_z) == expected
+
+
+def test_pool_z_explicit_settings_and_errors() -> None:
+    assert resolve_pool_z(False, 2) == [False, False]
+    assert resolve_pool_z([True, False], 2) == [True, False]
+    with pytest.raises(ConfigError, match="train.model.pool_z"):
+        resolve_pool_z([True], 2)
+
+
+def test_anisotropic_pooling_gives_per_axis_divisor_and_right_shape() -> None:
+    s = spec(ndim=3, depth=3, pool_z=[False, True, True])
+    assert divisor_per_axis(s) == (4, 8, 8) and divisor(s) == (4, 8, 8)
+    assert divisor(spec(ndim=3, depth=3, pool_z=[True] * 3)) == 8
+    model = build_model(s)
+    x = torch.randn(1, 1, 4, 24, 16)
+    assert model(x).shape == (1, 2, 4, 24, 16)
+    # the smallest level keeps z: 4 slices pooled twice -> 1, YX 24 -> 3
+    with pytest.raises(RuntimeError):
+        build_model(spec(ndim=3, depth=3, pool_z=[True] * 3))(x)  # 4 slices cannot be halved 3 times
+
+
+def test_spec_from_config_resolves_pool_z_from_voxel_size() -> None:
+    cfg = validate_config({"experiment": "t", "workflow": "semantic", "ndim": 3, "data": {"train": {"images": "x"},
+                           "voxel_size": [4.0, 1.0, 1.0]},
+                           "train": {"model": {"arch": "resunet"}, "patch_size": [8, 64, 64]}})
+    s = model_spec_from_config(cfg, 1, 2)
+    assert s["arch"] == "resunet" and s["pool_z"] == [False, True, True]  # z spacing 4 > 2 x 1, then <= 2 x 2
+    assert divisor(s) == (4, 8, 8)
+    assert "pool_z" not in model_spec_from_config({**cfg, "ndim": 2, "train": {**cfg["train"], "patch_size": [8, 8]}},
+                                                  1, 2)
+
+
+def test_activated_net_applies_softmax_sigmoid_and_clamp() -> None:
+    torch.manual_seed(0)
+    net = build_model(spec(out_channels=3)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        logits = net(x)
+        soft = ActivatedNet(net, [["softmax"]])(x)
+        mixed = ActivatedNet(net, [["sigmoid"], ["clamp", -1.0, 1.0], ["identity"]])(x)
+    torch.testing.assert_close(soft, torch.softmax(logits, 1))
+    torch.testing.assert_close(mixed[:, 0], torch.sigmoid(logits[:, 0]))
+    torch.testing.assert_close(mixed[:, 1], logits[:, 1].clamp(-1, 1))
+    torch.testing.assert_close(mixed[:, 2], logits[:, 2])

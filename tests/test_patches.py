@@ -84,7 +84,8 @@ def test_small_images_are_padded_with_ignore_value(tmp_path: Path) -> None:
 
 def test_float_targets_are_padded_with_zero_and_returned_as_float(tmp_path: Path) -> None:
     pairs = [write_pair(tmp_path, "f", np.full((10, 16), 0.5), target_dtype=np.float32)]
-    data = build_datasets(config(pad=True), TASK, pairs, [])
+    # without interpolating transforms, which would blend the padding into the values
+    data = build_datasets(config(pad=True, augment={"rotate": 0.0, "scale": 0.0}), TASK, pairs, [])
     _, target = data.train[0]
     assert target.dtype == torch.float32
     assert set(np.unique(target.numpy())) == {0.0, 0.5}
@@ -151,3 +152,23 @@ def test_validation_patches_are_fixed_and_unaugmented(tmp_path: Path) -> None:
         assert torch.equal(image, second[i][0])  # and across builds with the same seed
         window = full[:, corner[0]:corner[0] + 16, corner[1]:corner[1] + 16]
         np.testing.assert_array_equal(image.numpy(), window)  # no flips or rotations
+
+
+def test_gpu_path_hands_over_draws_that_reproduce_the_cpu_patches(tmp_path: Path) -> None:
+    """With augment_on_device the loader returns un-augmented patches plus draws; applying those
+    draws (as the CUDA training loop does) gives exactly the patches of the CPU data path."""
+    pairs = [write_pair(tmp_path, "g", small_object((48, 48), (20, 20)))]
+    cfg = config(augment={"rotate": 0.8, "scale": 0.5, "brightness": 0.5})
+    cpu = build_datasets(cfg, TASK, pairs, []).train
+    deferred = build_datasets(cfg, TASK, pairs, [], augment_on_device=True).train
+    for ds in (cpu, deferred):
+        ds.set_epoch(3)
+    items = [deferred[i] for i in range(8)]
+    assert all(len(item) == 3 and item[2].dtype == torch.float64 for item in items)
+    images, targets, draws = (torch.stack(part) for part in zip(*items))
+    aug_images, aug_targets = deferred.augmenter.apply(images, targets, draws)
+    for i in range(8):
+        image, target = cpu[i]
+        torch.testing.assert_close(aug_images[i], image, atol=1e-6, rtol=0)
+        assert torch.equal(aug_targets[i], target)
+    assert any(not torch.equal(images[i], aug_images[i]) for i in range(8))

@@ -106,12 +106,20 @@ def history(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "history.csv").drop(columns=["seconds"])
 
 
+#: Every augmentation on (the defaults plus the ones off by default), so determinism and
+#: resuming are checked with every random generator in use.
+ALL_AUGMENTATIONS = {"elastic": 0.2, "poisson_noise": 0.1, "cutout": 0.1}
+
+
+def reference_config() -> dict[str, Any]:
+    return config(model={"depth": 2, "width": 4, "dropout": 0.2}, augment=ALL_AUGMENTATIONS)
+
+
 @pytest.fixture(scope="module")
 def reference_run(data: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One uninterrupted run (with dropout, so resume must also restore torch's RNG)."""
     out = tmp_path_factory.mktemp("reference")
-    cfg = config(model={"depth": 2, "width": 4, "dropout": 0.2})
-    return out, train(cfg, data, out)
+    return out, train(reference_config(), data, out)
 
 
 def test_tiny_problem_is_learned_and_outputs_written(reference_run: tuple[Path, dict], data: dict) -> None:
@@ -126,6 +134,7 @@ def test_tiny_problem_is_learned_and_outputs_written(reference_run: tuple[Path, 
     assert hist["train_loss"].iloc[-1] < 0.3 * hist["train_loss"].iloc[0]
     assert hist["val_loss"].min() < 0.3 * hist["val_loss"].iloc[0]
     assert hist["lr"].iloc[0] == pytest.approx(0.03) and hist["lr"].iloc[-1] < 0.003  # cosine decay
+    assert hist["lr"].is_monotonic_decreasing
     assert (out / "training_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -135,6 +144,7 @@ def test_checkpoints_load_with_weights_only(reference_run: tuple[Path, dict], da
     assert ckpt["format"] == 1 and ckpt["workflow"] == "semantic"
     assert ckpt["model"] == {"arch": "unet", "ndim": 2, "in_channels": 1, "out_channels": 2, "depth": 2,
                              "width": 4, "norm": "batch", "dropout": 0.2}
+    assert ckpt["monitor"] == "val_loss" and ckpt["monitor_value"] == ckpt["val_loss"]
     hist = pd.read_csv(out / "history.csv")
     assert ckpt["epoch"] == int(hist["epoch"][hist["val_loss"].idxmin()]) == summary["best_epoch"]
     assert ckpt["val_loss"] == pytest.approx(hist["val_loss"].min())
@@ -154,7 +164,7 @@ def test_checkpoints_load_with_weights_only(reference_run: tuple[Path, dict], da
 def test_same_seed_gives_bit_identical_weights(reference_run: tuple[Path, dict], data: dict,
                                                 tmp_path: Path) -> None:
     out, _ = reference_run
-    train(config(model={"depth": 2, "width": 4, "dropout": 0.2}), data, tmp_path)
+    train(reference_config(), data, tmp_path)
     assert_same_weights(out / "best.pt", tmp_path / "best.pt")
     assert_same_weights(out / "last.pt", tmp_path / "last.pt")
     pd.testing.assert_frame_equal(history(out), history(tmp_path))
@@ -163,7 +173,7 @@ def test_same_seed_gives_bit_identical_weights(reference_run: tuple[Path, dict],
 def test_killed_and_resumed_run_matches_uninterrupted(reference_run: tuple[Path, dict], data: dict,
                                                       tmp_path: Path) -> None:
     out, _ = reference_run
-    cfg = config(model={"depth": 2, "width": 4, "dropout": 0.2})
+    cfg = reference_config()
     partial = train(cfg, data, tmp_path, max_epochs_this_call=4)
     assert not partial["finished"] and partial["epochs_run"] == 4
     assert (tmp_path / "checkpoint" / "resume.pt").exists() and not (tmp_path / "best.pt").exists()
@@ -253,3 +263,143 @@ def test_3d_training_runs_and_checkpoint_rebuilds(tmp_path: Path) -> None:
     assert ckpt["model"]["ndim"] == 3
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 8, 16, 16)).shape == (1, 2, 8, 16, 16)
+
+
+# --------------------------------------------------------------------------- schedules, clipping, precision, monitors
+
+from torch import nn  # noqa: E402
+
+from biapipe.errors import ConfigError  # noqa: E402
+from biapipe.tasks import get_task  # noqa: E402
+from biapipe.train import Run, TrainState, cosine_factor, make_scheduler, onecycle_factor  # noqa: E402
+
+
+def lrs_of(scheduler_name: str, epochs: int = 4, steps: int = 5, **train_keys: Any) -> list[float]:
+    """Learning rate before every optimizer step of a whole run."""
+    model = nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tcfg = config(epochs=epochs, scheduler=scheduler_name, **train_keys)["train"]
+    sched = make_scheduler(opt, tcfg, steps)
+    lrs = []
+    for _ in range(epochs * steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+def test_cosine_with_warmup_and_onecycle_shapes() -> None:
+    lrs = lrs_of("cosine", warmup_epochs=1)
+    assert lrs[:5] == pytest.approx([0.1 * k / 6 for k in range(1, 6)])  # linear ramp over one epoch (5 steps)
+    assert lrs[5] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.1 * cosine_factor(19, 20, 5), rel=1e-6)
+    assert all(a >= b for a, b in zip(lrs[5:], lrs[6:]))  # then only down
+    assert min(lrs) > 0
+    one = lrs_of("onecycle")
+    peak = int(np.argmax(one))
+    assert peak == 6 and one[peak] == pytest.approx(0.1)  # 30% of 20 steps rising
+    assert one[0] == pytest.approx(0.1 / 25) and one[-1] < 0.1 / 25
+    assert onecycle_factor(10**6, 20) == pytest.approx(1 / 25 / 1e4)
+    warm_const = lrs_of("none", warmup_epochs=0.4)  # 2 steps
+    assert warm_const[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
+    assert make_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1), config(scheduler="none")["train"]) is None
+
+
+def test_gradient_clipping_bounds_the_step() -> None:
+    model = nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    run = Run(model, opt, None, TrainState(), torch.device("cpu"), torch.contiguous_format, grad_clip=0.5)
+    run.step(1000.0 * model(torch.ones(1, 4)).sum())
+    assert float((model.weight.detach() - before).norm()) == pytest.approx(0.5, rel=1e-5)
+
+
+def test_amp_is_ignored_on_cpu_with_a_log_line(data: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="biapipe.train"):
+        train(config(epochs=2, amp="bf16"), data, tmp_path / "amp")
+    assert "train.amp: bf16 ignored on cpu" in caplog.text
+    train(config(epochs=2), data, tmp_path / "fp32")
+    assert_same_weights(tmp_path / "amp" / "last.pt", tmp_path / "fp32" / "last.pt")
+
+
+def test_monitor_iou_selects_best_checkpoint_by_validation_iou(data: dict, tmp_path: Path) -> None:
+    summary = train(config(epochs=4, monitor="iou", grad_clip=1.0, warmup_epochs=0.5), data, tmp_path)
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "lr", "seconds", "val_iou"]
+    assert hist["val_iou"].between(0, 1).all() and hist["val_iou"].iloc[-1] > 0.5
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["monitor"] == "iou" and summary["monitor"] == "iou"
+    assert best["epoch"] == int(hist["epoch"][hist["val_iou"].idxmax()])
+    assert best["monitor_value"] == pytest.approx(hist["val_iou"].max())
+    assert best["val_loss"] == pytest.approx(float(hist.loc[hist["val_iou"].idxmax(), "val_loss"]))
+
+
+def instance_pairs(folder: Path) -> tuple[dict[str, Any], list[tuple[Path, Path]]]:
+    cfg = validate_config({"experiment": "t", "workflow": "instance", "ndim": 2, "seed": 1,
+                           "data": {"train": {"images": "x"}},
+                           "train": {"model": {"depth": 2, "width": 4}, "patch_size": [32, 32], "epochs": 3,
+                                     "patches_per_epoch": 8, "val_patches": 4, "optimizer": {"lr": 0.02},
+                                     "threads": 1, "device": "cpu", "monitor": "f1"}})
+    task = get_task(cfg)
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(2):
+        label = np.zeros((40, 40), np.uint16)
+        for k, (y, x) in enumerate(rng.integers(3, 30, size=(4, 2)), start=1):
+            label[y:y + 6, x:x + 6] = k
+        image = ((label > 0) + rng.normal(0, 0.2, label.shape)).astype(np.float32)[..., None]
+        write_zarr(folder / f"i{i}.zarr", image)
+        write_zarr(folder / f"t{i}.zarr", task.make_targets(label))
+        pairs.append((folder / f"i{i}.zarr", folder / f"t{i}.zarr"))
+    return cfg, pairs
+
+
+def test_monitor_f1_for_instances_uses_the_watershed(tmp_path: Path) -> None:
+    cfg, pairs = instance_pairs(tmp_path)
+    summary = train_model(cfg, get_task(cfg), pairs[:1], pairs[1:], tmp_path / "out")
+    hist = pd.read_csv(tmp_path / "out" / "history.csv")
+    assert "val_f1" in hist and hist["val_f1"].between(0, 1).all()
+    assert summary["monitor"] == "f1" and summary["best_value"] == pytest.approx(hist["val_f1"].max())
+
+
+def test_debug_samples_are_written_and_do_not_change_the_run(data: dict, tmp_path: Path) -> None:
+    cfg = config(epochs=1, augment={"debug_samples": 3, "rotate": 1.0})
+    train(cfg, data, tmp_path / "debug")
+    folder = tmp_path / "debug" / "augment_samples"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "montage.png", *[f"sample_{i:02d}_{kind}.tif" for i in range(3) for kind in ("image", "target")]]
+    target = read_array(folder / "sample_00_target.tif")
+    assert target.shape == (32, 32, 1) and set(np.unique(target)) <= {-1, 0, 1}
+    train(config(epochs=1, augment={"rotate": 1.0}), data, tmp_path / "plain")
+    assert_same_weights(tmp_path / "debug" / "last.pt", tmp_path / "plain" / "last.pt")
+
+
+@pytest.mark.parametrize("arch", ["resunet", "attention_unet"])
+def test_other_architectures_train(arch: str, data: dict, tmp_path: Path) -> None:
+    summary = train(config(epochs=1, model={"arch": arch, "depth": 2, "width": 4}), data, tmp_path)
+    model, ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert summary["finished"] and ckpt["model"]["arch"] == arch
+
+
+def test_patch_size_must_fit_the_network(data: dict, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train.patch_size"):
+        train(config(patch_size=[30, 32], model={"depth": 2, "width": 4}), data, tmp_path)
+
+
+def test_anisotropic_3d_training_pools_z_less(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    label = np.zeros((4, 16, 16), np.int16)
+    label[1:3, 4:10, 5:12] = 1
+    image = (label + rng.normal(0, 0.3, label.shape)).astype(np.float32)[..., None]
+    write_zarr(tmp_path / "v.zarr", image)
+    write_zarr(tmp_path / "v_target.zarr", label[..., None])
+    pairs = [(tmp_path / "v.zarr", tmp_path / "v_target.zarr")]
+    cfg = validate_config({"experiment": "t", "workflow": "semantic", "ndim": 3,
+                           "data": {"train": {"images": "x"}, "voxel_size": [3.0, 1.0, 1.0]},
+                           "train": {"model": {"depth": 2, "width": 4, "norm": "group"}, "patch_size": [4, 16, 16],
+                                     "epochs": 1, "patches_per_epoch": 2, "batch_size": 2, "val_patches": 1,
+                                     "device": "cpu", "threads": 1}})
+    train_model(cfg, BinaryTask(cfg), pairs, pairs, tmp_path / "out")
+    model, ckpt = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert ckpt["model"]["pool_z"] == [False, True]
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 2, 8, 12)).shape == (1, 2, 2, 8, 12)  # z needs only a multiple of 2

@@ -10,13 +10,19 @@ from .errors import BiapipeError
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from .demo import make_demo_data
+    from .demo import make_classification_demo, make_demo_data
 
-    make_demo_data(args.out, args.ndim, args.n_train, args.n_val, args.n_test, args.size, args.seed)
+    make = make_classification_demo if args.workflow == "classification" else make_demo_data  # n_*: per class
+    make(args.out, args.ndim, args.n_train, args.n_val, args.n_test, args.size, args.seed)
     print(f"demo data ({args.ndim}D) written to {args.out}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    if args.workflow == "classification":  # --pred: classes/{image}.csv, --gt: <class>/<image> folders
+        from .tasks.classification import evaluate_folders
+
+        print(evaluate_folders(args.pred, args.gt, args.out).to_string(index=False))
+        return
     import pandas as pd
 
     from . import imageio
@@ -50,6 +56,30 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(task.summarize(table).to_string(index=False))
 
 
+def _export_bmz(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .export_bmz import export_bmz
+
+    cfg = load_config(args.config)
+    written = export_bmz(args.model, cfg, args.out, args.test_image or _first_image(cfg), name=args.name,
+                         authors=args.author or ["biapipe user"], license=args.license, stats=args.stats,
+                         validate=not args.no_validate)
+    print(f"BioImage Model Zoo package written to {written}")
+
+
+def _first_image(cfg: dict) -> str:
+    """The first test (else training) image of the config, as the package's test input."""
+    from .samples import list_images
+
+    for split in ("test", "train"):
+        folder = (cfg["data"].get(split) or {}).get("images")
+        if folder and Path(folder).is_dir():
+            images = list_images(folder)
+            if images:
+                return images[sorted(images)[0]]
+    raise BiapipeError("no test image found in data.test or data.train; pass --test-image")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="biapipe", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--classes", type=int, default=2)
     ev.add_argument("--binarize", action="store_true", help="semantic: ground-truth labels > 0 are foreground")
     ev.set_defaults(func=_evaluate)
+
+    bmz = sub.add_parser("export-bmz", help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")
+    bmz.add_argument("--model", required=True, help="checkpoint, e.g. results/EXP/model/best.pt")
+    bmz.add_argument("--config", required=True, help="the experiment's config YAML (task and normalization)")
+    bmz.add_argument("--out", required=True, help="package to write: a .zip file, else a folder")
+    bmz.add_argument("--test-image", help="raw image for the test input (default: first test, else training image)")
+    bmz.add_argument("--stats", help="normalization statistics JSON, needed when normalize.scope is dataset")
+    bmz.add_argument("--name", help="model name in rdf.yaml")
+    bmz.add_argument("--author", action="append", help="author name (repeatable)")
+    bmz.add_argument("--license", default="MIT", help="SPDX licence id of the weights (default MIT)")
+    bmz.add_argument("--no-validate", action="store_true", help="skip bioimageio.spec's validation of the package")
+    bmz.set_defaults(func=_export_bmz)
     return parser
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
@@ -59,7 +60,10 @@ def _conv_norm(ndim: int, in_ch: int, out_ch: int, kernel: int, stride: int, nor
 class ResidualBlock(nn.Module):
     """Two 3x3(x3) convolutions with a skip connection; ``stride`` 2 halves every spatial axis.
 
-    The skip is a strided 1x1 convolution when the shape changes, the identity otherwise.
+    A down-sampling skip averages 2x2(x2) blocks and then applies a 1x1 convolution
+    ("ResNet-D"): unlike a strided 1x1 convolution it sees every input pixel, and it
+    avoids a oneDNN crash in the backward pass of strided 1x1 convolutions on
+    channels-last CPU tensors (torch 2.13, e.g. 8 -> 16 channels at 64x64).
     """
 
     def __init__(self, ndim: int, in_ch: int, out_ch: int, stride: int, norm: str) -> None:
@@ -68,12 +72,23 @@ class ResidualBlock(nn.Module):
             _conv_norm(ndim, in_ch, out_ch, 3, stride, norm), nn.ReLU(inplace=True),
             _conv_norm(ndim, out_ch, out_ch, 3, 1, norm),
         )
-        changes_shape = stride != 1 or in_ch != out_ch
-        self.skip = _conv_norm(ndim, in_ch, out_ch, 1, stride, norm) if changes_shape else nn.Identity()
+        self.downsample = stride != 1
+        changes_shape = self.downsample or in_ch != out_ch
+        self.skip = _conv_norm(ndim, in_ch, out_ch, 1, 1, norm) if changes_shape else nn.Identity()
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.skip(x))
+        out = self.body(x)
+        shortcut = _halve(x) if self.downsample else x
+        return self.act(out + self.skip(shortcut))
+
+
+def _halve(x: torch.Tensor) -> torch.Tensor:
+    """Average 2-pixel blocks along every spatial axis; the output size ceil(n/2) matches a
+    stride-2 3x3 convolution with padding 1, and an axis of length 1 stays 1."""
+    kernel = [min(2, int(n)) for n in x.shape[2:]]
+    pool = F.avg_pool2d if x.ndim == 4 else F.avg_pool3d
+    return pool(x, kernel_size=kernel, stride=2, ceil_mode=True)
 
 
 class ResNetClassifier(nn.Module):

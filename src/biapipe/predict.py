@@ -9,7 +9,6 @@ are averaged in the space post-processing thresholds.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -68,7 +67,7 @@ class Predictor:
 
     model: nn.Module
     spec: dict[str, Any]
-    divisor: int
+    divisor: int | tuple[int, ...]
     device: torch.device
     path: Path
     #: the checkpoint without its weights (epoch, val_loss, workflow, ...)
@@ -133,13 +132,15 @@ def _load(path: Path, device: torch.device) -> Predictor:
     return Predictor(model=model, spec=spec, divisor=model_divisor(spec), device=device, path=path, meta=meta)
 
 
-def model_divisor(spec: dict[str, Any]) -> int:
-    """Spatial sizes the network accepts are multiples of this."""
+def model_divisor(spec: dict[str, Any]) -> int | tuple[int, ...]:
+    """Spatial sizes the network accepts are multiples of this: one int, or one per (Z)YX
+    axis for 3D networks that pool z fewer times than YX (tiling accepts both)."""
     try:
         from .models import divisor
     except ImportError:
         return 2 ** int(spec["depth"])
-    return int(divisor(spec))
+    d = divisor(spec)
+    return int(d) if isinstance(d, int) else tuple(int(v) for v in d)
 
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
@@ -210,23 +211,32 @@ def make_batch_fn(
     device: torch.device,
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
+    tta: bool = False,
 ) -> BatchFn:
     """Wrap a model as the (N, *tile, C) -> (N, *tile, C') numpy function tiling uses.
 
     numpy tiles are already channels-last in memory, so the NC(Z)YX tensor handed to
     the model is a free permuted view; with ``channels_last`` that view is what the
     CPU convolutions prefer, otherwise it is made contiguous. ``dtype`` bfloat16 runs
-    the network under autocast; the activation always sees float32 logits.
+    the network under autocast; the activation always sees float32 logits. ``tta``
+    averages the activated outputs over flips and 90-degree rotations (:mod:`biapipe.tta`).
     """
+    from .tta import wrap
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(device, dtype):
+            logits = model(x)
+        with torch.inference_mode():
+            return activate(logits.float())
+
+    forward = wrap(forward, tta)
 
     def fn(batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(batch).to(device, non_blocking=True)
         x = x.movedim(-1, 1)
         x = x.contiguous(memory_format=_channels_last_format(x.ndim) if channels_last else torch.contiguous_format)
-        with torch.inference_mode(), _autocast(device, dtype):
-            logits = model(x)
         with torch.inference_mode():
-            y = activate(logits.float())
+            y = forward(x)
         # channels-last on the device (free when the conv output already is), one copy to host
         return y.movedim(1, -1).contiguous().cpu().numpy()
 
@@ -248,7 +258,7 @@ def predict_image(
     image: Any,
     cfg_predict: dict[str, Any],
     activate: Activate,
-    divisor: int,
+    divisor: int | Sequence[int],
     device: str | torch.device = "cpu",
     *,
     channels_last: bool | None = None,
@@ -261,6 +271,11 @@ def predict_image(
     tiles (memory bounded by tile x batch); ``whole`` runs one forward pass on the
     image padded to the divisor, which avoids overlap recomputation when the image
     fits in memory. ``image`` may be a lazy Zarr array in tiled mode.
+
+    ``channels_last`` (default: on for CPU) and ``dtype`` (default: the section's
+    optional ``precision`` key, else float32; bfloat16 runs the network under
+    autocast) are the speed options measured in benchmarks/README.md. The optional
+    ``trim`` key is the share of each tile overlap ignored next to a neighbour.
     """
     dev = resolve_device(device)
     if model.training:  # BatchNorm/Dropout must use their inference behaviour
@@ -270,7 +285,8 @@ def predict_image(
         channels_last = dev.type == "cpu" and CHANNELS_LAST_CPU
     if dtype is None:
         dtype = _precision(cfg_predict.get("precision", "float32"))
-    fn = make_batch_fn(model, activate, dev, channels_last=channels_last, dtype=dtype)
+    fn = make_batch_fn(model, activate, dev, channels_last=channels_last, dtype=dtype,
+                       tta=bool(cfg_predict.get("tta", False)))
     spatial = tuple(image.shape[:-1])
     mode = cfg_predict.get("mode", "tiled")
     if mode == "whole":
@@ -376,4 +392,5 @@ def prediction_attrs(predictor: Predictor, cfg_predict: dict[str, Any], pred: np
         "blend": cfg_predict.get("blend", "gaussian"),
         "batch_size": int(cfg_predict.get("batch_size", 4)),
         "divisor": predictor.divisor,
+        "tta": bool(cfg_predict.get("tta", False)),
     }

@@ -22,6 +22,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Sample:
+    """One image. ``label`` is its ground-truth file, or for classification its class
+    name (see :func:`labels_are_files`); None for an unlabelled test image."""
+
     id: str
     image: str
     label: str | None
@@ -35,6 +38,8 @@ class Dataset:
     test: list[Sample] = field(default_factory=list)
     #: True when validation images were carved out of the training folder
     val_from_train: bool = False
+    #: classification: the class names in index order (None for the other workflows)
+    classes: list[str] | None = None
 
     def all(self) -> list[Sample]:
         return [*self.train, *self.val, *self.test]
@@ -45,6 +50,14 @@ class Dataset:
 
 #: Label file types per workflow (detection labels are point tables).
 LABEL_SUFFIXES = {"detection": (".csv",)}
+
+#: Workflows whose Sample.label is a value (the class name), not a file.
+LABEL_VALUE_WORKFLOWS = ("classification",)
+
+
+def labels_are_files(workflow: str) -> bool:
+    """False for classification, whose labels are class names: rules and checks must not treat them as paths."""
+    return workflow not in LABEL_VALUE_WORKFLOWS
 
 
 def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, str]:
@@ -87,27 +100,34 @@ def pair_split(
     return [Sample(i, p, labels[i], split) for i, p in images.items()]
 
 
-def read_sample_sheet(path: str | Path) -> list[Sample]:
-    """Samples from a CSV with columns image, label, split (paths relative to the sheet)."""
+def read_sample_sheet(path: str | Path, label_column: str = "label") -> list[Sample]:
+    """Samples from a CSV with columns image, label, split (paths relative to the sheet).
+
+    ``label_column="class"`` (classification) reads a class name per image instead of a
+    label file: kept as text, never resolved as a path.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "sample sheet not found")
     sheet = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = {"image", "split"} - set(sheet.columns)
+    required = {"image", "split"} | ({label_column} if label_column == "class" else set())
+    missing = required - set(sheet.columns)
     if missing:
-        raise InputError(path, f"sample sheet lacks column(s) {', '.join(sorted(missing))} (needs image, label, split)")
+        raise InputError(path, f"sample sheet lacks column(s) {', '.join(sorted(missing))} (needs image, {label_column}, split)")
     samples = []
-    for row_no, row in enumerate(sheet.itertuples(index=False), start=2):
-        split = row.split.strip()
+    # records, not itertuples: 'class' is a Python keyword and would be renamed
+    for row_no, row in enumerate(sheet.to_dict("records"), start=2):
+        split = row["split"].strip()
         if split not in SPLITS:
             raise InputError(path, f"line {row_no}: split '{split}' is not one of {', '.join(SPLITS)}")
-        image = _resolve(path.parent, row.image)
-        label = _resolve(path.parent, getattr(row, "label", "")) if getattr(row, "label", "") else None
-        for f in (image, label):
+        image = _resolve(path.parent, row["image"])
+        raw = row.get(label_column, "").strip()
+        label = (raw or None) if label_column == "class" else (_resolve(path.parent, raw) if raw else None)
+        for f in (image, label if label_column != "class" else None):
             if f is not None and not os.path.exists(f):
                 raise InputError(f, f"file not found (sample sheet {path}, line {row_no})")
         if split != "test" and label is None:
-            raise InputError(path, f"line {row_no}: {split} image {row.image} has no label")
+            raise InputError(path, f"line {row_no}: {split} image {row['image']} has no {label_column}")
         samples.append(Sample(image_id(image), image, label, split))
     return samples
 
@@ -122,8 +142,13 @@ def demo_samples(cfg: dict[str, Any]) -> list[Sample]:
     from .demo import demo_ids
 
     demo = cfg["data"]["demo"]
-    ids = demo_ids(demo["n_train"], demo["n_val"], demo["n_test"])
     folder = Path(demo["folder"])
+    if cfg["workflow"] == "classification":  # {split}/{class}/{name}.tif, label = class name
+        from .demo import classification_demo_ids
+
+        items = classification_demo_ids(demo["n_train"], demo["n_val"], demo["n_test"])
+        return [Sample(i, str(folder / split / c / f"{i}.tif"), c, split) for split, pairs in items.items() for i, c in pairs]
+    ids = demo_ids(demo["n_train"], demo["n_val"], demo["n_test"])
     # detection learns from the demo's centroid tables, the other workflows from its label images
     labels, suffix = ("points", ".csv") if cfg["workflow"] == "detection" else ("labels", ".tif")
     return [
@@ -136,15 +161,20 @@ def demo_samples(cfg: dict[str, Any]) -> list[Sample]:
 def discover(cfg: dict[str, Any]) -> Dataset:
     """All samples of an experiment by split, with validation carved out if needed."""
     data = cfg["data"]
+    classify = cfg["workflow"] == "classification"
     if data.get("demo"):
         samples = demo_samples(cfg)
     elif data.get("samples"):
-        samples = read_sample_sheet(data["samples"])
+        samples = read_sample_sheet(data["samples"], "class" if classify else "label")
     else:
         samples = []
         for split in SPLITS:
             spec = data.get(split)
-            if spec:
+            if spec and classify:  # class sub-folders (see biapipe.classify)
+                from .classify import folder_samples
+
+                samples += folder_samples(split, spec)
+            elif spec:
                 suffixes = LABEL_SUFFIXES.get(cfg["workflow"], IMAGE_SUFFIXES)
                 samples += pair_split(split, spec, label_required=split != "test", label_suffixes=suffixes)
     ds = Dataset()
@@ -153,10 +183,24 @@ def discover(cfg: dict[str, Any]) -> Dataset:
     _check_unique_ids(ds)
     if not ds.train:
         raise ConfigError("data.train", "no training images")
+    if classify:
+        from .classify import resolve_classes, split_validation_by_class
+
+        ds.classes = resolve_classes(ds, cfg)
     if not ds.val and cfg["train"]["val_fraction"] > 0 and len(ds.train) > 1:
-        ds.train, ds.val = split_validation(ds.train, cfg["train"]["val_fraction"], cfg["seed"])
+        splitter = split_validation_by_class if classify else split_validation
+        ds.train, ds.val = splitter(ds.train, cfg["train"]["val_fraction"], cfg["seed"])
         ds.val_from_train = True
     return ds
+
+
+def with_classes(cfg: dict[str, Any], ds: Dataset) -> dict[str, Any]:
+    """Classification: ``cfg`` with ``targets.classification.classes`` set to the discovered
+    class names, so every job (targets, train, predict) maps a name to the same index."""
+    if ds.classes is None:
+        return cfg
+    targets = {**cfg["targets"], "classification": {**cfg["targets"].get("classification", {}), "classes": list(ds.classes)}}
+    return {**cfg, "targets": targets}
 
 
 def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -68,9 +68,12 @@ def _chunks(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
 
 
 def demo_data(cfg: dict[str, Any]) -> None:
-    from .demo import make_demo_data
+    from .demo import make_classification_demo, make_demo_data
 
     d = cfg["data"]["demo"]
+    if cfg["workflow"] == "classification":  # class folders; n_* count images per class
+        make_classification_demo(d["folder"], cfg["ndim"], d["n_train"], d["n_val"], d["n_test"], d["size"], cfg["seed"])
+        return
     make_demo_data(d["folder"], cfg["ndim"], d["n_train"], d["n_val"], d["n_test"], d["size"], cfg["seed"])
 
 
@@ -149,6 +152,9 @@ def predict(model_path: str, image_zarr: str, out_zarr: str, cfg: dict[str, Any]
     from .predict import load_predictor, predict_image
 
     task = get_task(cfg)
+    if hasattr(task, "predict_file"):  # whole-image tasks (classification): no tiling
+        task.predict_file(model_path, image_zarr, out_zarr)
+        return
     pcfg = cfg["predict"]
     predictor = load_predictor(model_path, pcfg["device"])
     image = imageio.read_array(image_zarr).astype(np.float32, copy=False)
@@ -207,6 +213,20 @@ def aggregate(metric_csvs: Sequence[str], out_metrics: str, out_summary: str, cf
     imageio.write_csv(out_summary, summary)
 
 
+def classes_table(per_image_csvs: Sequence[str], out_csv: str, cfg: dict[str, Any]) -> None:
+    """Classification: every test image's predicted class and probabilities in one ``classes.csv``."""
+    from .tasks.classification import write_classes_table
+
+    write_classes_table(per_image_csvs, out_csv)
+
+
+def confusion_matrix(metrics_csv: str, out_csv: str, out_png: str, cfg: dict[str, Any]) -> None:
+    """Classification: the confusion matrix of the scored test images, as CSV and PNG."""
+    from .tasks.classification import write_confusion_matrix
+
+    write_confusion_matrix(metrics_csv, out_csv, out_png, cfg)
+
+
 STAGES = {
     "demo_data": demo_data,
     "normalize_stats": normalize_stats,
@@ -217,4 +237,6 @@ STAGES = {
     "tune": tune,
     "evaluate": evaluate,
     "aggregate": aggregate,
+    "classes_table": classes_table,
+    "confusion_matrix": confusion_matrix,
 }

@@ -11,6 +11,12 @@ that was never interrupted.
 Checkpoints hold only tensors and plain Python types, so the prediction stage loads
 them with ``torch.load(..., weights_only=True)`` and rebuilds the network from the
 spec stored inside; no pickled code is ever executed.
+
+Learning-rate schedules (except ``plateau``) advance per optimizer step, not per epoch,
+so a warm-up of a fraction of an epoch works and short runs still anneal smoothly.
+On CUDA the interpolating/intensity augmentation runs batched on the GPU after the
+batch is moved there, and ``train.amp`` enables autocast (bf16, or fp16 with loss
+scaling); on CPU both happen the plain way (augmentation in the data path, float32).
 """
 
 from __future__ import annotations
@@ -34,10 +40,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import Augmenter, write_augment_samples
 from .errors import ConfigError, InputError
 from .imageio import atomic_path, write_csv
-from .models import build_model, count_parameters, model_spec_from_config
-from .patches import PathPair, build_datasets, seed_entropy
+from .models import build_model, count_parameters, divisor_per_axis, model_spec_from_config
+from .patches import IGNORE_INDEX, PathPair, TrainPatches, build_datasets, seed_entropy
 from .tasks.base import Task
 
 logger = logging.getLogger(__name__)
@@ -47,6 +54,15 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "seconds"]
 
 #: train.* keys that change how fast a run goes, not what it computes; a resumed run may differ in them
 RUNTIME_KEYS = ("device", "threads", "num_workers")
+
+#: Monitors that are scores of the validation patches (higher is better) rather than losses.
+SCORE_MONITORS = ("iou", "f1")
+
+#: One-cycle schedule: starts at lr / ONECYCLE_START and ends at lr / ONECYCLE_START / ONECYCLE_END
+#: (the values of torch's OneCycleLR and of fast.ai).
+ONECYCLE_START, ONECYCLE_END = 25.0, 1e4
+#: Share of the steps spent rising when train.warmup_epochs is 0.
+ONECYCLE_RISE = 0.3
 
 #: Cosine annealing ends at this fraction of the initial learning rate rather than 0, so the
 #: last epochs still move the weights a little (with 0 they would be wasted compute).
@@ -119,22 +135,78 @@ def make_optimizer(model: nn.Module, ocfg: dict[str, Any]) -> torch.optim.Optimi
     raise ConfigError("train.optimizer.name", f"unknown optimizer '{ocfg['name']}'")
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: dict[str, Any]) -> Any:
-    """Per-epoch schedule; ``plateau`` halves the LR after half the early-stopping patience,
-    so the learning rate gets at least one chance to drop before training is stopped."""
+def steps_per_epoch(n_items: int, batch_size: int) -> int:
+    return max(1, math.ceil(int(n_items) / int(batch_size)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: dict[str, Any], steps: int = 1) -> Any:
+    """The learning-rate schedule; ``steps`` is the number of optimizer steps per epoch.
+
+    ``cosine``, ``onecycle`` and ``none`` with a warm-up are per-step ``LambdaLR`` closures
+    (pure functions of the step count, so a resumed run continues them exactly);
+    ``plateau`` halves the LR after half the early-stopping patience without improvement
+    (per epoch), so the learning rate gets at least one chance to drop before training stops.
+    """
     name = tcfg["scheduler"]
-    if name == "none":
-        return None
-    if name == "cosine":
-        lr = float(tcfg["optimizer"]["lr"])
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=int(tcfg["epochs"]), eta_min=lr * COSINE_FINAL_FRACTION)
+    total = max(1, int(tcfg["epochs"]) * steps)
+    warmup = int(round(float(tcfg.get("warmup_epochs", 0)) * steps))
     if name == "plateau":
         es = tcfg["early_stopping"]
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=0.5, patience=max(1, int(es["patience"]) // 2),
             threshold=float(es["min_delta"]), threshold_mode="abs")
+    if name == "none":
+        if warmup == 0:
+            return None
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_factor(step, warmup))
+    if name == "cosine":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: cosine_factor(step, total, warmup))
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: onecycle_factor(step, total, warmup))
     raise ConfigError("train.scheduler", f"unknown scheduler '{name}'")
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """Linear ramp 1/(w+1), 2/(w+1), ... up to 1 after ``warmup`` steps."""
+    return min(1.0, (step + 1) / (warmup + 1)) if warmup > 0 else 1.0
+
+
+def cosine_factor(step: int, total: int, warmup: int = 0, final: float = COSINE_FINAL_FRACTION) -> float:
+    """Warm-up, then half a cosine from 1 down to ``final`` at the last step."""
+    if step < warmup:
+        return warmup_factor(step, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def onecycle_factor(step: int, total: int, warmup: int = 0) -> float:
+    """Smith's one-cycle (cosine-shaped both ways): 1/25 -> 1 over the rise, then -> 1/25/1e4."""
+    start, final = 1.0 / ONECYCLE_START, 1.0 / ONECYCLE_START / ONECYCLE_END
+    rise = warmup if warmup > 0 else max(1, int(ONECYCLE_RISE * total))
+    if step < rise:
+        return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / rise))
+    progress = min(1.0, (step - rise) / max(1, total - rise))
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def steps_per_batch(scheduler: Any) -> bool:
+    """Whether the schedule advances after every optimizer step (all but plateau)."""
+    return scheduler is not None and not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def resolve_amp(name: str, device: torch.device, log: logging.Logger) -> torch.dtype | None:
+    """Autocast dtype for ``train.amp``; None means float32. CPU ignores it (with a log line):
+    CPU autocast is slower than float32 for these convolutions and only bf16 exists there."""
+    if name == "none":
+        return None
+    if device.type != "cuda":
+        log.info("train.amp: %s ignored on %s (mixed precision is CUDA only); training in float32", name, device)
+        return None
+    if name == "bf16":
+        return torch.bfloat16
+    if name == "fp16":
+        return torch.float16
+    raise ConfigError("train.amp", f"unknown precision '{name}' (none, bf16, fp16)")
 
 
 def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs: Sequence[PathPair]) -> str:
@@ -144,13 +216,21 @@ def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs:
     a half-finished run.
     """
     payload = {
-        "train": {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS},
+        "train": _computing_keys(cfg["train"]),
         "targets": cfg.get("targets"), "normalize": cfg.get("normalize"), "seed": cfg["seed"],
         "workflow": cfg["workflow"], "ndim": cfg["ndim"],
         "train_files": [[Path(i).name, Path(t).name] for i, t in train_pairs],
         "val_files": [[Path(i).name, Path(t).name] for i, t in val_pairs],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _computing_keys(tcfg: dict[str, Any]) -> dict[str, Any]:
+    """train.* without the keys that change speed or side outputs only (devices, debug samples)."""
+    out = {k: v for k, v in tcfg.items() if k not in RUNTIME_KEYS}
+    if isinstance(out.get("augment"), dict):
+        out["augment"] = {k: v for k, v in out["augment"].items() if k != "debug_samples"}
+    return out
 
 
 # --------------------------------------------------------------------------- state
@@ -231,10 +311,48 @@ class Run:
     state: TrainState
     device: torch.device
     memory_format: torch.memory_format
+    #: autocast dtype (CUDA only); None = float32
+    amp: torch.dtype | None = None
+    #: loss scaling for float16 autocast
+    scaler: Any = None
+    #: max global gradient norm; 0 = no clipping
+    grad_clip: float = 0.0
+    #: runs the torch stage of augmentation on the device (CUDA); None when the data path does it
+    augmenter: Augmenter | None = None
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return x, y.to(self.device, non_blocking=True)
+
+    def batch(self, parts: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A loader batch on the device; a third part holds augmentation draws to apply there."""
+        x, y = self.to_device(parts[0], parts[1])
+        if len(parts) > 2 and self.augmenter is not None:
+            x, y = self.augmenter.apply(x, y, parts[2])
+            x = x.contiguous(memory_format=self.memory_format)
+        return x, y
+
+    def autocast(self) -> Any:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp)
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward, optional clipping (on unscaled gradients) and the optimizer step."""
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if self.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            if self.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+        if steps_per_batch(self.scheduler):
+            self.scheduler.step()
 
 
 def save_resume(path: Path, run: Run, fp: str) -> None:
@@ -242,6 +360,7 @@ def save_resume(path: Path, run: Run, fp: str) -> None:
         "fingerprint": fp, "model": cpu_state(run.model), "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "state": run.state.to_dict(), "rng": rng_states(),
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -264,6 +383,8 @@ def try_resume(path: Path, run: Run, fp: str, log: logging.Logger) -> bool:
     if run.scheduler is not None:
         run.scheduler.load_state_dict(payload["scheduler"])
     run.state = TrainState.from_dict(payload["state"])
+    if run.scaler is not None and payload.get("scaler"):
+        run.scaler.load_state_dict(payload["scaler"])
     set_rng_states(payload["rng"])
     log.info("resuming from %s after epoch %d", path, run.state.epoch)
     return True
@@ -290,26 +411,110 @@ def train_epoch(run: Run, loss_fn: nn.Module, dataset: Dataset, tcfg: dict[str, 
     """One pass over the epoch's patches; returns the patch-weighted mean training loss."""
     run.model.train()
     total, count = 0.0, 0
-    for x, y in batches(dataset, int(tcfg["batch_size"]), int(tcfg["num_workers"]), seed):
-        x, y = run.to_device(x, y)
+    for parts in batches(dataset, int(tcfg["batch_size"]), int(tcfg["num_workers"]), seed):
+        x, y = run.batch(parts)
         run.optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(run.model(x), y)
-        loss.backward()
-        run.optimizer.step()
+        with run.autocast():
+            logits = run.model(x)
+        loss = loss_fn(logits.float(), y)  # losses in float32 whatever the autocast dtype
+        run.step(loss)
         total += float(loss.detach()) * x.shape[0]
         count += x.shape[0]
     return total / count
 
 
 @torch.no_grad()
-def evaluate(run: Run, loss_fn: nn.Module, dataset: Dataset, tcfg: dict[str, Any], seed: int) -> float:
+def evaluate(run: Run, loss_fn: nn.Module, dataset: Dataset, tcfg: dict[str, Any], seed: int,
+             scorer: ValidationScorer | None = None) -> float:
+    """Mean validation loss; ``scorer`` (if any) also sees every batch's logits and targets."""
     run.model.eval()
     total, count = 0.0, 0
-    for x, y in batches(dataset, int(tcfg["batch_size"]), int(tcfg["num_workers"]), seed):
-        x, y = run.to_device(x, y)
-        total += float(loss_fn(run.model(x), y)) * x.shape[0]
+    for parts in batches(dataset, int(tcfg["batch_size"]), int(tcfg["num_workers"]), seed):
+        x, y = run.batch(parts)
+        with run.autocast():
+            logits = run.model(x)
+        logits = logits.float()
+        total += float(loss_fn(logits, y)) * x.shape[0]
         count += x.shape[0]
+        if scorer is not None:
+            scorer.add(logits, y)
     return total / count
+
+
+class ValidationScorer:
+    """Foreground IoU and F1 of the validation patches, for ``train.monitor: iou | f1``.
+
+    Predicted foreground is ``task.activate`` then a threshold: for class maps the
+    argmax is a foreground class (any class > 0; ignored pixels are skipped); for
+    per-channel maps, ``task.foreground`` applied to the activated prediction and to
+    the target (e.g. instance: foreground > 0.5, or signed distance > 0).
+
+    F1 is the object F1 at IoU 0.5 for the instance workflow: the task's watershed runs
+    on each activated validation patch and on its target (which the same watershed turns
+    back into the objects it was made from), with the ``postprocess.instance`` values
+    from the config (tuned thresholds need a trained model, so they cannot be used here).
+    16 patches take milliseconds. For other workflows F1 is the pixel F1 (Dice) of the
+    foreground.
+    """
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.instance = _instance_postprocessor(task)
+        self.counts = np.zeros(3)  # pixel tp, fp, fn
+        self.objects = np.zeros(3)  # object tp, fp, fn at IoU 0.5
+
+    def add(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        probs = self.task.activate(logits)
+        if target.is_floating_point():
+            pred_fg = self._foreground(probs)
+            true_fg = self._foreground(target)
+            valid = np.ones_like(true_fg)
+        else:
+            classes = target[:, 0]
+            pred_fg = (probs.argmax(1) > 0).cpu().numpy()
+            true_fg = (classes > 0).cpu().numpy()
+            valid = (classes != IGNORE_INDEX).cpu().numpy()
+        self.counts += [np.sum(pred_fg & true_fg & valid), np.sum(pred_fg & ~true_fg & valid),
+                        np.sum(~pred_fg & true_fg & valid)]
+        if self.instance is not None:
+            self._add_objects(probs, target)
+
+    def _foreground(self, maps: torch.Tensor) -> np.ndarray:
+        channels_last = maps.float().movedim(1, -1).cpu().numpy()
+        return np.stack([np.asarray(self.task.foreground(m), dtype=bool) for m in channels_last])
+
+    def _add_objects(self, probs: torch.Tensor, target: torch.Tensor) -> None:
+        import warnings
+
+        from .metrics.instance import matching_metrics
+
+        assert self.instance is not None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an early model often yields no seeds at all
+            for p, t in zip(probs.float().movedim(1, -1).cpu().numpy(), target.float().movedim(1, -1).cpu().numpy()):
+                m = matching_metrics(self.instance(p), self.instance(t), [0.5])
+                self.objects += [m["tp@0.5"], m["fp@0.5"], m["fn@0.5"]]
+
+    def result(self) -> dict[str, float]:
+        """``iou`` and ``f1``; 1.0 when there is nothing to find and nothing was found."""
+        tp, fp, fn = self.counts
+        if self.instance is not None:
+            otp, ofp, ofn = self.objects
+            f1 = 2 * otp / (2 * otp + ofp + ofn) if otp + ofp + ofn else 1.0
+        else:
+            f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0
+        return {"iou": float(tp / (tp + fp + fn)) if tp + fp + fn else 1.0, "f1": float(f1)}
+
+
+def _instance_postprocessor(task: Task) -> Any:
+    """Labels from activated (Z)YXC maps with the config's post-processing, for instance tasks only."""
+    from .tasks.instance import InstanceTask
+
+    if not isinstance(task, InstanceTask):
+        return None
+    from .postprocess.instance import instance_postprocess
+
+    return lambda maps: instance_postprocess(maps, task.channels, task.params, task.voxel_size)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -317,22 +522,24 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 
 
 def step_scheduler(scheduler: Any, monitored: float) -> None:
-    if scheduler is None:
-        return
+    """The per-epoch step: plateau only; the other schedules advance per optimizer step (Run.step)."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(monitored)
-    else:
-        scheduler.step()
 
 
 # --------------------------------------------------------------------------- outputs
 
 
 def checkpoint_dict(spec: dict[str, Any], state_dict: dict[str, torch.Tensor], epoch: int, loss: float,
-                    cfg: dict[str, Any], monitor: str) -> dict[str, Any]:
-    """The checkpoint format the prediction stage reads (see module docstring)."""
+                    cfg: dict[str, Any], monitor: str, monitor_value: float | None = None) -> dict[str, Any]:
+    """The checkpoint format the prediction stage reads (see module docstring).
+
+    ``val_loss`` is the epoch's validation loss (training loss without validation data);
+    ``monitor_value`` the value of the monitored quantity (that loss, or the IoU/F1).
+    """
     return {"format": CHECKPOINT_FORMAT, "model": dict(spec), "state_dict": state_dict, "epoch": int(epoch),
-            "val_loss": float(loss), "monitor": monitor, "workflow": cfg["workflow"]}
+            "val_loss": float(loss), "monitor": monitor, "workflow": cfg["workflow"],
+            "monitor_value": float(loss if monitor_value is None else monitor_value)}
 
 
 def save_checkpoint(path: Path, ckpt: dict[str, Any]) -> None:
@@ -356,8 +563,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device).eval(), ckpt
 
 
+def history_columns(history: list[dict[str, float]]) -> list[str]:
+    """The fixed columns, then any validation score column (``val_iou``/``val_f1``)."""
+    extra = [k for k in (history[0] if history else {}) if k not in HISTORY_COLUMNS]
+    return HISTORY_COLUMNS + extra
+
+
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    write_csv(path, pd.DataFrame(history, columns=HISTORY_COLUMNS))
+    write_csv(path, pd.DataFrame(history, columns=history_columns(history)))
 
 
 def plot_history(path: Path, history: list[dict[str, float]], best_epoch: int, monitor: str) -> None:
@@ -365,7 +578,7 @@ def plot_history(path: Path, history: list[dict[str, float]], best_epoch: int, m
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    df = pd.DataFrame(history, columns=HISTORY_COLUMNS)
+    df = pd.DataFrame(history, columns=history_columns(history))
     fig = Figure(figsize=(6, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -376,20 +589,36 @@ def plot_history(path: Path, history: list[dict[str, float]], best_epoch: int, m
         ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best ({monitor}, epoch {best_epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax.legend()
+    ax.legend(loc="upper left")
+    scores = [c for c in df.columns if c not in HISTORY_COLUMNS]
+    if scores:
+        twin = ax.twinx()
+        for column in scores:
+            twin.plot(df["epoch"], df[column], color="tab:green", marker=".", label=column)
+        twin.set_ylabel("validation score")
+        twin.legend(loc="upper right")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
 
 
+def monitored_row(history: list[dict[str, float]], epoch: int, monitor: str) -> tuple[float, float]:
+    """(loss, monitored value) of ``epoch`` from the history (its last row if epoch is 0)."""
+    row = next((h for h in history if h["epoch"] == epoch), history[-1])
+    loss = row["train_loss" if monitor == "train_loss" else "val_loss"]
+    value = row[f"val_{monitor}"] if monitor in SCORE_MONITORS else loss
+    return float(loss), float(value)
+
+
 def write_outputs(out_dir: Path, run: Run, spec: dict[str, Any], cfg: dict[str, Any], monitor: str) -> None:
     state = run.state
-    last_loss = state.history[-1]["val_loss" if monitor == "val_loss" else "train_loss"]
     best_state = state.best_state if state.best_state is not None else cpu_state(run.model)
-    save_checkpoint(out_dir / "best.pt", checkpoint_dict(spec, best_state, state.best_epoch, state.best_loss,
-                                                         cfg, monitor))
+    best_loss, best_value = monitored_row(state.history, state.best_epoch, monitor)
+    last_loss, last_value = monitored_row(state.history, state.epoch, monitor)
+    save_checkpoint(out_dir / "best.pt", checkpoint_dict(spec, best_state, state.best_epoch, best_loss, cfg,
+                                                         monitor, best_value))
     save_checkpoint(out_dir / "last.pt", checkpoint_dict(spec, cpu_state(run.model), state.epoch, last_loss,
-                                                         cfg, monitor))
+                                                         cfg, monitor, last_value))
     write_history(out_dir / "history.csv", state.history)
     plot_history(out_dir / "training_curve.png", state.history, state.best_epoch, monitor)
 
@@ -411,40 +640,84 @@ def train_model(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPair]
     tcfg = cfg["train"]
     with torch_settings(int(tcfg["threads"])):
         seed_everything(cfg["seed"])
-        data = build_datasets(cfg, task, train_pairs, val_pairs)
         device = resolve_device(str(tcfg["device"]))
+        on_device = device.type == "cuda"  # batched GPU augmentation; CPU augments in the data path
+        # a task that does not learn from patches (classification) supplies its own datasets
+        own = getattr(task, "build_datasets", None)
+        data = own(cfg, train_pairs, val_pairs) if own else build_datasets(cfg, task, train_pairs, val_pairs,
+                                                                           augment_on_device=on_device)
         spec = model_spec_from_config(cfg, data.in_channels, task.out_channels())
+        if not own:
+            check_patch_size(tcfg["patch_size"], spec)
+        write_debug_samples(data.train, cfg, out_dir, log)
         fmt = memory_format(spec["ndim"], device)
         model = build_model(spec).to(device=device, memory_format=fmt)
         optimizer = make_optimizer(model, tcfg["optimizer"])
-        run = Run(model, optimizer, make_scheduler(optimizer, tcfg), TrainState(), device, fmt)
+        steps = steps_per_epoch(len(data.train), int(tcfg["batch_size"]))
+        amp = resolve_amp(str(tcfg.get("amp", "none")), device, log)
+        run = Run(model, optimizer, make_scheduler(optimizer, tcfg, steps), TrainState(), device, fmt, amp=amp,
+                  scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None,
+                  grad_clip=float(tcfg.get("grad_clip", 0.0)),
+                  augmenter=getattr(data.train, "augmenter", None) if on_device else None)
         loss_fn = task.loss().to(device)
-        monitor = "val_loss" if data.val is not None else "train_loss"
+        monitor = choose_monitor(tcfg, data.val is not None, task, log)
         fp = fingerprint(cfg, train_pairs, val_pairs)
         resume_path = out_dir / "checkpoint" / "resume.pt"
         try_resume(resume_path, run, fp, log)
         resumed_from = run.state.epoch
-        log.info("training %s U-Net (%d parameters) on %s: %d training, %d validation images",
-                 f"{spec['ndim']}D", count_parameters(model), device, len(train_pairs), len(val_pairs))
-        if data.val is None:
-            log.info("no validation images: the training loss selects best.pt and drives early stopping")
-        finished = _run_epochs(run, data, loss_fn, cfg, monitor, resume_path, fp, log, max_epochs_this_call)
+        log.info("training %dD %s (%d parameters) on %s: %d training, %d validation images", spec["ndim"],
+                 spec["arch"], count_parameters(model), device, len(train_pairs), len(val_pairs))
+        finished = _run_epochs(run, data, loss_fn, cfg, task, monitor, resume_path, fp, log, max_epochs_this_call)
+        best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
+            if run.state.history else (math.nan, math.nan)
         if finished:
             write_outputs(out_dir, run, spec, cfg, monitor)
             resume_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 resume_path.parent.rmdir()
-            log.info("done: best %s %.4f at epoch %d of %d", monitor, run.state.best_loss, run.state.best_epoch,
+            log.info("done: best %s %.4f at epoch %d of %d", monitor, best_value, run.state.best_epoch,
                      run.state.epoch)
     return {
         "finished": finished, "epochs_run": run.state.epoch, "resumed_from_epoch": resumed_from,
-        "best_epoch": run.state.best_epoch, "best_loss": run.state.best_loss, "monitor": monitor,
+        "best_epoch": run.state.best_epoch, "best_loss": best_loss, "best_value": best_value, "monitor": monitor,
         "stopped_early": run.state.stopped and run.state.epoch < int(tcfg["epochs"]),
         "parameters": count_parameters(model), "device": str(device),
     }
 
 
-def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], monitor: str,
+def check_patch_size(patch_size: Sequence[int], spec: dict[str, Any]) -> None:
+    """Each patch axis must pass through every pooling unchanged, or skips and up-sampling misalign."""
+    per_axis = divisor_per_axis(spec)
+    if any(int(p) % d for p, d in zip(patch_size, per_axis)):
+        raise ConfigError("train.patch_size", f"{list(patch_size)} must be a multiple of {list(per_axis)} per axis "
+                                              f"for a network of depth {spec['depth']}")
+
+
+def choose_monitor(tcfg: dict[str, Any], has_val: bool, task: Task, log: logging.Logger) -> str:
+    """``train.monitor``, or the training loss when there are no validation images."""
+    wanted = str(tcfg.get("monitor", "val_loss"))
+    if not has_val:
+        log.info("no validation images: the training loss selects best.pt and drives early stopping%s",
+                 f" (train.monitor: {wanted} needs validation images)" if wanted != "val_loss" else "")
+        return "train_loss"
+    if wanted in SCORE_MONITORS and getattr(task, "name", "") == "classification":
+        raise ConfigError("train.monitor", f"'{wanted}' scores segmentation patches; use val_loss for classification")
+    return wanted
+
+
+def write_debug_samples(dataset: Any, cfg: dict[str, Any], out_dir: Path, log: logging.Logger) -> None:
+    """``train.augment.debug_samples`` augmented patches of epoch 1 to ``model/augment_samples/``."""
+    n = int(cfg["train"].get("augment", {}).get("debug_samples", 0))
+    if n <= 0 or not isinstance(dataset, TrainPatches):
+        return
+    dataset.set_epoch(1)
+    pairs = [dataset.augmented(i) for i in range(min(n, len(dataset)))]
+    folder = out_dir / "augment_samples"
+    write_augment_samples(pairs, folder)
+    log.info("wrote %d augmented training patches to %s", len(pairs), folder)
+
+
+def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], task: Task, monitor: str,
                 resume_path: Path, fp: str, log: logging.Logger, max_epochs_this_call: int | None) -> bool:
     """Run epochs until the last one, early stopping, or the per-call limit; True when training is over."""
     tcfg = cfg["train"]
@@ -460,22 +733,35 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], mo
         lr = current_lr(run.optimizer)
         data.train.set_epoch(epoch)
         train_loss = train_epoch(run, loss_fn, data.train, tcfg, seed + epoch)
-        val_loss = evaluate(run, loss_fn, data.val, tcfg, seed) if data.val is not None else math.nan
-        monitored = val_loss if monitor == "val_loss" else train_loss
-        if not math.isfinite(monitored) or not math.isfinite(train_loss):
+        scorer = ValidationScorer(task) if monitor in SCORE_MONITORS else None
+        val_loss = evaluate(run, loss_fn, data.val, tcfg, seed, scorer) if data.val is not None else math.nan
+        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr}
+        if scorer is not None:
+            row[f"val_{monitor}"] = scorer.result()[monitor]
+        objective = _objective(row, monitor)
+        if not math.isfinite(objective) or not math.isfinite(train_loss):
             raise ConfigError("train.optimizer.lr", f"training diverged at epoch {epoch} (loss is "
                                                     f"{train_loss}); try a lower learning rate")
-        step_scheduler(run.scheduler, monitored)
+        step_scheduler(run.scheduler, objective)
         run.state.epoch = epoch
-        is_best = run.state.update(monitored, run.model, int(es["patience"]), float(es["min_delta"]))
+        is_best = run.state.update(objective, run.model, int(es["patience"]), float(es["min_delta"]))
         seconds = time.perf_counter() - start
-        run.state.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
-                                  "seconds": seconds})
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  lr %.2e  %.1fs%s", epoch, epochs, train_loss,
-                 val_loss, lr, seconds, "  (best)" if is_best else "")
+        run.state.history.append({**row, "seconds": seconds} if scorer is None else
+                                 {**{k: row[k] for k in HISTORY_COLUMNS[:4]}, "seconds": seconds,
+                                  f"val_{monitor}": row[f"val_{monitor}"]})
+        score = f"  val_{monitor} {row[f'val_{monitor}']:.4f}" if scorer is not None else ""
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f%s  lr %.2e  %.1fs%s", epoch, epochs, train_loss,
+                 val_loss, score, lr, seconds, "  (best)" if is_best else "")
         if run.state.stopped:
             log.info("early stopping: no %s improvement above %g for %d epochs", monitor, es["min_delta"],
                      es["patience"])
         save_resume(resume_path, run, fp)
         ran += 1
     return True
+
+
+def _objective(row: dict[str, float], monitor: str) -> float:
+    """The minimised quantity: the monitored loss, or minus the monitored score."""
+    if monitor in SCORE_MONITORS:
+        return -float(row[f"val_{monitor}"])
+    return float(row[monitor])

@@ -16,7 +16,7 @@ import numpy as np
 from .axes import canonical_image, canonical_label
 from .errors import InputError
 from .imageio import check_image_dtype, open_array
-from .samples import Dataset, Sample
+from .samples import Dataset, Sample, labels_are_files
 
 
 def probe(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -84,6 +84,8 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> None
     shape, dtype = cache.get(sample.image)
     check_image_dtype(dtype, sample.image)
     img_shape = spatial_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
+    if not labels_are_files(cfg["workflow"]):
+        return  # classification: the label is a class name (checked at discovery); images are resized, never padded
     if sample.label is not None and not sample.label.lower().endswith(".csv"):  # point tables: checked when read
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":

@@ -44,7 +44,7 @@ import yaml
 from biapipe import stages
 from biapipe.config import merge, validate_config
 from biapipe.errors import BiapipeError
-from biapipe.samples import discover
+from biapipe.samples import discover, labels_are_files, with_classes
 from biapipe.validate import check_dataset
 
 
@@ -61,6 +61,7 @@ def _load_config(given):
 try:
     CFG = validate_config(_load_config(config))
     DS = discover(CFG)
+    CFG = with_classes(CFG, DS)  # classification: class names from the folders, same in every job
     if not CFG["data"]["demo"]:
         check_dataset(DS, CFG, cache_path=".snakemake/biapipe/probe-cache.json")
 except BiapipeError as exc:
@@ -96,6 +97,13 @@ def image_of(wildcards):
 
 
 def label_of(wildcards):
+    """The label file as an input; none for classification, whose label is a class name."""
+    label = SAMPLES[wildcards.image].label
+    return label if labels_are_files(CFG["workflow"]) else []
+
+
+def label_value(wildcards):
+    """What stages receive as the label: its file, or for classification the class name."""
     return SAMPLES[wildcards.image].label
 
 
@@ -119,4 +127,7 @@ def final_outputs():
     outs += [f"{OUT}/{task.output_dir}/{i}{task.output_suffix}" for i in TEST_IDS]
     if SCORED_IDS:
         outs += [f"{OUT}/metrics.csv", f"{OUT}/summary.csv"]
+    if CFG["workflow"] == "classification":  # rules/classification.smk
+        outs += [f"{OUT}/classes.csv"] if TEST_IDS else []
+        outs += [f"{OUT}/confusion_matrix.csv", f"{OUT}/confusion_matrix.png"] if SCORED_IDS else []
     return outs

@@ -6,7 +6,7 @@ if CFG["data"]["demo"]:
     rule demo_data:
         output:
             [s.image for s in DS.all()],
-            [s.label for s in DS.all()],
+            [s.label for s in DS.all() if labels_are_files(CFG["workflow"])],
         params:
             demo=CFG["data"]["demo"],
             ndim=CFG["ndim"],
@@ -61,6 +61,7 @@ rule targets:
     params:
         workflow=CFG["workflow"],
         targets=CFG["targets"],
+        label=label_value,
     log:
         f"{OUT}/logs/targets/{{image}}.log",
     benchmark:
@@ -69,4 +70,4 @@ rule targets:
     group:
         "per_image"
     run:
-        stages.run("targets", input.label, input.image, output[0], CFG, log=log[0])
+        stages.run("targets", label_value(wildcards), input.image, output[0], CFG, log=log[0])

@@ -30,6 +30,7 @@ rule evaluate:
         f"{OUT}/metrics/{{image}}.csv",
     params:
         evaluate=CFG["evaluate"],
+        label=label_value,
     log:
         f"{OUT}/logs/evaluate/{{image}}.log",
     benchmark:
@@ -37,7 +38,7 @@ rule evaluate:
     group:
         "per_image"
     run:
-        stages.run("evaluate", input.output, input.label, output[0], wildcards.image, CFG, input.image, log=log[0])
+        stages.run("evaluate", input.output, label_value(wildcards), output[0], wildcards.image, CFG, input.image, log=log[0])
 
 
 rule aggregate:

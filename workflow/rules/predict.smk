@@ -13,6 +13,9 @@ rule predict:
         tile_size=CFG["predict"]["tile_size"],
         overlap=CFG["predict"]["overlap"],
         blend=CFG["predict"]["blend"],
+        precision=CFG["predict"]["precision"],
+        trim=CFG["predict"]["trim"],
+        tta=CFG["predict"]["tta"],
     threads: CFG["predict"]["threads"]
     resources:
         gpu=1,

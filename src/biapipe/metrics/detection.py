@@ -132,9 +132,8 @@ def _assign_groups(group: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarra
     """
     order = np.argsort(group, kind="stable")
     group, i, j, d = group[order], i[order], j[order], d[order]
+    row, col = _local_index(group, i), _local_index(group, j)
     starts = np.r_[0, np.flatnonzero(np.diff(group)) + 1]
-    row, row_owner = _local_index(group, i, starts)
-    col, col_owner = _local_index(group, j, starts)
     out_i, out_j, out_d = [], [], []
     for lo, hi in zip(starts, np.r_[starts[1:], len(group)]):
         r_loc, c_loc = row[lo:hi], col[lo:hi]
@@ -142,15 +141,28 @@ def _assign_groups(group: np.ndarray, i: np.ndarray, j: np.ndarray, d: np.ndarra
         forbidden = float(min(shape) + 2)
         cost = np.full(shape, forbidden)
         cost[r_loc, c_loc] = d[lo:hi] / max(tolerance, 1e-300)
-        distance = np.zeros(shape)
-        distance[r_loc, c_loc] = d[lo:hi]
         r, c = linear_sum_assignment(cost)
         real = cost[r, c] < forbidden
-        out_i.append(row_owner[lo:hi][np.searchsorted(r_loc_sorted := np.sort(r_loc), r[real])] if False else
-                     _owners(r_loc, i[lo:hi], r[real]))
-        out_j.append(_owners(c_loc, j[lo:hi], c[real]))
-        out_d.append(distance[r[real], c[real]])
+        r, c = r[real], c[real]
+        owner_i, owner_j, distance = np.empty(shape[0], np.int64), np.empty(shape[1], np.int64), np.zeros(shape)
+        owner_i[r_loc], owner_j[c_loc], distance[r_loc, c_loc] = i[lo:hi], j[lo:hi], d[lo:hi]
+        out_i.append(owner_i[r])
+        out_j.append(owner_j[c])
+        out_d.append(distance[r, c])
     return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+
+
+def _local_index(group: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """Per edge: the rank of its point among the distinct points of its group, from 0."""
+    order = np.lexsort((point, group))
+    g, p = group[order], point[order]
+    new_group = np.r_[True, np.diff(g) != 0]
+    new_point = new_group | np.r_[True, np.diff(p) != 0]
+    rank = np.cumsum(new_point) - 1
+    base = np.maximum.accumulate(np.where(new_group, rank, 0))
+    local = np.empty(len(order), dtype=np.int64)
+    local[order] = rank - base
+    return local
 
 
 # --------------------------------------------------------------------------- per image

@@ -23,6 +23,10 @@ def get_task(cfg: dict[str, Any]) -> Task:
         from .detection import DetectionTask
 
         return DetectionTask(cfg)
+    if name == "classification":
+        from .classification import ClassificationTask
+
+        return ClassificationTask(cfg)
     raise ConfigError("workflow", f"'{name}' is not implemented yet")
 
 

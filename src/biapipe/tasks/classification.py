@@ -194,3 +194,40 @@ def write_confusion_matrix(metrics_csv: str | Path, out_csv: str | Path, out_png
     # PNG first: the CSV is the rule's first output, so when it exists the figure does too
     plot_confusion_matrix(out_png, cm, task.class_names, title=f"{cfg['experiment']}: {int(cm.sum())} images")
     imageio.write_csv(out_csv, confusion_table(cm, task.class_names))
+
+
+def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Path) -> pd.DataFrame:
+    """``biapipe evaluate --workflow classification``: score a folder of per-image outputs
+    (``classes/{image}.csv``) against a folder of class folders (``<class>/{image}.tif``).
+
+    The classes are read from the outputs' probability columns (the model's classes);
+    writes the per-image table to ``out_csv``, the summary beside it (``*_summary.csv``)
+    and the confusion matrix (``*_confusion_matrix.csv``); returns the summary.
+    """
+    from ..classify import class_folders, folder_samples
+    from ..metrics.classification import confusion_table
+
+    outputs = {p.name[: -len(".csv")]: p for p in sorted(Path(pred_dir).glob("*.csv"))}
+    if not outputs:
+        raise InputError(pred_dir, "no per-image classification outputs (*.csv)")
+    header = pd.read_csv(next(iter(outputs.values())), nrows=0).columns
+    prefix = probability_column("")
+    classes = [c[len(prefix):] for c in header if c.startswith(prefix)]
+    if not class_folders(gt_dir):
+        raise InputError(gt_dir, "no class folders (expected <class>/<image>.tif)")
+    task = ClassificationTask({"ndim": 2, "targets": {"classification": {"classes": classes}}})
+    rows = []
+    for sample in folder_samples("test", {"images": str(gt_dir)}):
+        if sample.id not in outputs:
+            raise InputError(pred_dir, f"no output for ground-truth image {sample.image}")
+        if sample.label not in classes:
+            raise InputError(Path(sample.image).parent, f"class '{sample.label}' is not one of the outputs' "
+                                                        f"classes ({', '.join(classes)})")
+        rows.append({"image": sample.id, **task.evaluate(task.read_output(outputs[sample.id]), sample.label)})
+    table = pd.DataFrame(rows).sort_values("image", kind="stable").reset_index(drop=True)
+    out = Path(out_csv)
+    imageio.write_csv(out, table)
+    summary = task.summarize(table)
+    imageio.write_csv(out.with_name(f"{out.stem}_summary.csv"), summary)
+    imageio.write_csv(out.with_name(f"{out.stem}_confusion_matrix.csv"), confusion_table(task.confusion(table), classes))
+    return summary

@@ -14,6 +14,7 @@ writes the original values back, so predictions read like the annotations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,11 @@ from .base import Task
 SIGMOID_KINDS = frozenset({"bce", "dice", "bce_dice"})
 #: Loss per target kind when ``targets.detection.loss`` is null.
 DEFAULT_LOSS = {"ball": "bce_dice", "gaussian": "mse"}
+#: Sigmoid outputs start near this probability (the prior of RetinaNet, Lin et al. 2017).
+#: Points cover ~1% of the pixels; a network starting at 0.5 everywhere spends its first
+#: thousand Adam steps (each moves a bias by ~lr) only pushing the background down, and a
+#: short training ends with every score near 0.5 and the rarer class channel never peaking.
+PRIOR_PROBABILITY = 0.01
 
 
 def tuned_threshold_path(cfg: dict[str, Any]) -> Path:
@@ -57,6 +63,10 @@ class DetectionTask(Task):
         if self.class_names and len(set(self.class_names)) != len(self.class_names):
             raise ConfigError("targets.detection.classes", f"lists a class twice: {self.class_names}")
         self.loss_kind: str = tcfg.get("loss") or DEFAULT_LOSS[self.kind]
+        #: added to the logits in both the loss and the activation: a fixed prior bias, so the
+        #: model (shared by all tasks) needs no detection-specific initialisation
+        self.logit_offset = math.log(PRIOR_PROBABILITY / (1 - PRIOR_PROBABILITY)) \
+            if self.loss_kind in SIGMOID_KINDS else 0.0
         self.voxel_size: list[float] | None = cfg.get("data", {}).get("voxel_size")
         self.params = DetectionParams.from_config(cfg.get("postprocess", {}).get("detection", {}))
         self.tolerance = float(cfg.get("evaluate", {}).get("detection", {}).get("tolerance", 3.0))
@@ -84,13 +94,14 @@ class DetectionTask(Task):
         from ..losses import PerChannelLoss  # lazy: keeps prediction-only imports light
 
         weights = self.cfg.get("train", {}).get("loss", {})
-        return PerChannelLoss([self.loss_kind] * self.out_channels(), bce_weight=weights.get("ce", 1.0),
+        loss = PerChannelLoss([self.loss_kind] * self.out_channels(), bce_weight=weights.get("ce", 1.0),
                               dice_weight=weights.get("dice", 1.0))
+        return OffsetLoss(loss, self.logit_offset)
 
     # ------------------------------------------------------------------ prediction side
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
         if self.loss_kind in SIGMOID_KINDS:
-            return torch.sigmoid(logits)
+            return torch.sigmoid(logits + self.logit_offset)
         return logits.clamp(0.0, 1.0)
 
     def postprocess(self, prediction: np.ndarray) -> PointSet:
@@ -158,6 +169,18 @@ class DetectionTask(Task):
         result = self.tune(predictions, labels)
         imageio.write_json(out_json or tuned_threshold_path(self.cfg), result)
         return result
+
+
+class OffsetLoss(torch.nn.Module):
+    """``loss(logits + offset, target)``: the same constant the activation adds."""
+
+    def __init__(self, loss: torch.nn.Module, offset: float) -> None:
+        super().__init__()
+        self.inner = loss
+        self.offset = float(offset)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.inner(logits + self.offset, target)
 
 
 def _check_size(size: Any, ndim: int, key: str) -> None:

@@ -1,0 +1,197 @@
+"""Stage-level entry points for large volumes: file in, file out, memory bounded by blocks.
+
+``predict_large`` and ``postprocess_large`` do a whole volume in one job, block by block;
+``predict_block_job`` does a subset of the blocks so several jobs (SLURM array-like) share
+one volume, each writing only its own chunk-aligned region of a store made beforehand by
+``prepare_prediction``.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import imageio
+from ..errors import ConfigError
+from ..omezarr import create_ome_zarr
+from .blocks import Block, block_grid
+from .lazy import LazyImage, check_chunk_budget, open_lazy
+from .predict import BlockPredictor, create_prediction_store, plan_blocks, predict_into, prediction_chunks
+
+DEFAULT_MEMORY_GB = 4.0
+
+#: float32-sized working arrays per voxel that block-wise post-processing budgets for.
+WATERSHED_TEMPORARIES = 16
+
+
+def is_large(shape: Sequence[int], image_id: str, pcfg: dict[str, Any]) -> bool:
+    """Whether an image takes the block-wise path: listed by name, or over ``large_voxels``."""
+    if image_id in (pcfg.get("large_images") or []):
+        return True
+    threshold = int(pcfg.get("large_voxels") or 0)
+    return threshold > 0 and math.prod(shape) >= threshold
+
+
+def memory_bytes(pcfg: dict[str, Any]) -> float:
+    return float(pcfg.get("memory_gb") or DEFAULT_MEMORY_GB) * 2**30
+
+
+def halo(pcfg: dict[str, Any], ndim: int) -> tuple[int, ...]:
+    value = pcfg.get("halo", 16)
+    values = [value] * ndim if isinstance(value, int) else list(value)
+    if len(values) != ndim:
+        raise ConfigError("predict.halo", f"has {len(values)} entries for a {ndim}D image")
+    return tuple(int(v) for v in values)
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def _predictor(model_path: str | Path, image: LazyImage, task: Any, pcfg: dict[str, Any]) -> BlockPredictor:
+    from ..predict import _precision, _tile_size, load_predictor, make_batch_fn
+
+    loaded = load_predictor(model_path, pcfg.get("device", "auto"))
+    dev = loaded.device
+    fn = make_batch_fn(loaded.model, task.activate, dev, channels_last=dev.type == "cpu",
+                       dtype=_precision(pcfg.get("precision", "float32")), tta=bool(pcfg.get("tta", False)))
+    return BlockPredictor(image, fn, _tile_size(pcfg, image.ndim - 1), float(pcfg.get("overlap", 0.25)),
+                          pcfg.get("blend", "gaussian"), int(pcfg.get("batch_size", 4)), loaded.divisor,
+                          float(pcfg.get("trim", 0.25)))
+
+
+def prediction_plan(image: LazyImage, task: Any, pcfg: dict[str, Any]) -> tuple[tuple[int, ...], list[Block]]:
+    """Output shape (Z)YXC and its chunk-aligned blocks."""
+    out_shape = image.shape[:-1] + (task.out_channels(),)
+    chunks = prediction_chunks(out_shape, image.ndim - 1)
+    blocks = plan_blocks(out_shape[:-1], chunks[:-1], image.shape[-1], out_shape[-1], memory_bytes(pcfg) / 2**30,
+                         pcfg.get("split"))
+    return out_shape, blocks
+
+
+def open_input(image_path: str | Path, cfg: dict[str, Any]) -> LazyImage:
+    """Normalized inputs are (Z)YXC; raw ones follow ``data.axes``. Checked against the budget."""
+    axes = None if str(image_path).endswith(".zarr") and "normalized" in str(image_path) else cfg["data"].get("axes")
+    image = open_lazy(image_path, cfg["ndim"], axes)
+    check_chunk_budget(image, memory_bytes(cfg["predict"]))
+    return image
+
+
+def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str | Path, cfg: dict[str, Any]) -> int:
+    """Predict one volume block by block into ``out_zarr`` (atomic); returns the number of blocks."""
+    from ..tasks import get_task
+
+    task, pcfg = get_task(cfg), cfg["predict"]
+    image = open_input(image_path, cfg)
+    out_shape, blocks = prediction_plan(image, task, pcfg)
+    predictor = _predictor(model_path, image, task, pcfg)
+    with imageio.atomic_path(out_zarr) as tmp:
+        out = create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1),
+                                      {"model": str(model_path), "blocks": len(blocks)})
+        predict_into(predictor, out, blocks)
+    return len(blocks)
+
+
+def prepare_prediction(image_path: str | Path, store: str | Path, cfg: dict[str, Any]) -> list[int]:
+    """Create the empty output store that block jobs fill; returns the block indices."""
+    from ..tasks import get_task
+
+    image = open_input(image_path, cfg)
+    out_shape, blocks = prediction_plan(image, get_task(cfg), cfg["predict"])
+    if Path(store).exists():
+        shutil.rmtree(store)
+    create_prediction_store(store, out_shape, prediction_chunks(out_shape, image.ndim - 1), {"blocks": len(blocks)})
+    return [b.index for b in blocks]
+
+
+def predict_block_job(model_path: str | Path, image_path: str | Path, store: str | Path, block_ids: Sequence[int],
+                      marker: str | Path, cfg: dict[str, Any]) -> None:
+    """Predict some blocks of a volume into the shared store, then write ``marker``."""
+    import zarr
+
+    from ..tasks import get_task
+
+    task = get_task(cfg)
+    image = open_input(image_path, cfg)
+    _, blocks = prediction_plan(image, task, cfg["predict"])
+    chosen = [b for b in blocks if b.index in set(int(i) for i in block_ids)]
+    predict_into(_predictor(model_path, image, task, cfg["predict"]), zarr.open_array(str(store), mode="r+"), chosen)
+    imageio.write_text(marker, f"{len(chosen)} blocks\n")
+
+
+# --------------------------------------------------------------------------- post-processing
+
+
+def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str, Any]) -> int:
+    """Semantic masks or instance labels of a prediction Zarr, block by block, written as OME-Zarr
+    at ``out_path`` (``*.ome.zarr``) or as a BigTIFF streamed plane by plane (``*.tif``)."""
+    import zarr
+
+    from ..tasks import get_task
+
+    task, pcfg = get_task(cfg), cfg["predict"]
+    pred = zarr.open_array(str(pred_zarr), mode="r")
+    spatial = tuple(pred.shape[:-1])
+    chunks = tuple(pred.chunks[:-1])
+    # the watershed holds about a dozen float/int temporaries per voxel besides the prediction
+    blocks = plan_blocks(spatial, chunks, pred.shape[-1], WATERSHED_TEMPORARIES, memory_bytes(pcfg) / 2**30)
+    work = Path(out_path).with_name(f".{Path(out_path).name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        omez = work / "labels.ome.zarr"
+        dtype = np.uint8 if task.name == "semantic" else np.uint32
+        out = create_ome_zarr(omez, spatial, dtype, chunks, "zyx"[3 - len(spatial):], cfg["data"].get("voxel_size"),
+                              name=Path(out_path).name)
+        n = _postprocess_into(task, pred, out, blocks, work, pcfg)
+        _publish(omez, out, out_path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return n
+
+
+def _postprocess_into(task: Any, pred: Any, out: Any, blocks: list[Block], work: Path, pcfg: dict[str, Any]) -> int:
+    from .labels import id_stride, instance_block, instance_merge, semantic_blocks
+
+    if task.name == "semantic":
+        pp = task.cfg["postprocess"]
+        semantic_blocks(pred, out, blocks, work / "components.zarr", pp["threshold"], pp["z_median"], pp["min_size"])
+        return len(blocks)
+    if task.name != "instance":
+        raise NotImplementedError(
+            f"block-wise post-processing for workflow '{task.name}' is not implemented yet "
+            "(detection: hook here, peaks per block with a halo of min_distance, kept when inside the core)")
+    import zarr
+
+    params = task.postprocess_params()
+    h = halo(pcfg, len(out.shape))
+    raw = zarr.create_array(store=str(work / "raw.zarr"), shape=out.shape, dtype=np.uint64, chunks=out.chunks,
+                            fill_value=0)
+    stride = id_stride(blocks, h)
+    records = {b.index: instance_block(pred, raw, b, h, stride, task.channels, params, task.voxel_size)
+               for b in blocks}
+    return instance_merge(raw, out, blocks, records, params)
+
+
+def _publish(omez: Path, out: Any, out_path: str | Path) -> None:
+    """Move the OME-Zarr into place, or stream it into a BigTIFF one z-plane at a time."""
+    out_path = Path(out_path)
+    if out_path.name.lower().endswith(".zarr"):
+        with imageio.atomic_path(out_path) as tmp:
+            shutil.move(str(omez), tmp)
+        return
+    import tifffile
+
+    def planes() -> Any:
+        if out.ndim == 2:
+            yield np.asarray(out[...])
+            return
+        for z in range(out.shape[0]):
+            yield np.asarray(out[z])
+
+    with imageio.atomic_path(out_path) as tmp:
+        tifffile.imwrite(tmp, planes(), shape=tuple(out.shape), dtype=out.dtype, bigtiff=True,
+                         compression="zlib")
