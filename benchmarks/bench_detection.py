@@ -68,7 +68,7 @@ def experiment(data: Path, epochs: int) -> dict[str, Any]:
         "targets": {"detection": {"kind": "ball", "radius": 4.0, "classes": [1, 3]}},
         "train": {"model": {"depth": 3, "width": 8}, "patch_size": [128, 128], "batch_size": 4,
                   "epochs": epochs, "patches_per_epoch": 32, "val_patches": 16, "foreground_fraction": 0.8,
-                  "threads": os.cpu_count() or 2, "early_stopping": {"patience": 8}},
+                  "threads": os.cpu_count() or 2, "early_stopping": {"patience": 15}},
         "predict": {"tile_size": [256, 256], "threads": os.cpu_count() or 2},
         "postprocess": {"detection": {"threshold": "tuned", "min_distance": 4, "suppression_radius": 8.0}},
         "evaluate": {"detection": {"tolerance": TOLERANCE}},
@@ -145,7 +145,7 @@ def speed_table(n: int = 100_000) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=120)
     parser.add_argument("--workdir", type=Path, default=None, help="keep the run here (default: a temp folder)")
     parser.add_argument("--speed-only", action="store_true")
     args = parser.parse_args()

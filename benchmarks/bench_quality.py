@@ -17,7 +17,13 @@ to choose the checkpoint, so the scores are not biased by selection).
 Reference: BiaPy reports F1@0.5 of about 0.72 on DSB2018 after 40 minutes on 2 CPU
 cores; the target here is 0.85 with the default ``--minutes 40``.
 
-Run: .venv/bin/python benchmarks/bench_quality.py [--minutes 40] [--threads 2]   (prints one markdown table)
+Budgets: ``--minutes`` (wall time, calibrated as above) or ``--patches`` (a fixed number of
+training patches, independent of how busy the machine is; ``--device cuda`` then runs the
+very same computation on a GPU, e.g. to see what a 40-minute CPU budget reaches without
+waiting 40 minutes). ``--throughput`` only prints the training throughput (patches/s).
+
+Run: .venv/bin/python benchmarks/bench_quality.py [--minutes 40 | --patches N] [--threads 2] [--device cpu]
+(prints one markdown table)
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import logging
 import math
 import tempfile
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +65,13 @@ NO_AUGMENTATION = {"flip": 0.0, "rot90": 0.0, "rotate": 0.0, "scale": 0.0, "elas
 DEFAULT_AUGMENTATION: dict[str, Any] = {}  # the schema defaults (flips, rot90 and nnU-Net-like rest)
 
 
-def experiment(augment: dict[str, Any], epochs: int, threads: int, seed: int) -> dict[str, Any]:
+def experiment(augment: dict[str, Any], epochs: int, threads: int, seed: int, device: str = "cpu") -> dict[str, Any]:
     return validate_config({
         "experiment": "bench_quality", "workflow": "instance", "ndim": 2, "seed": seed,
         "data": {"train": {"images": str(DATA / "images")}},
-        "train": {**BASE_TRAIN, "epochs": epochs, "threads": threads, "augment": augment,
+        "train": {**BASE_TRAIN, "epochs": epochs, "threads": threads, "augment": augment, "device": device,
                   "early_stopping": {"patience": epochs + 1}},
-        "predict": {"mode": "whole", "threads": threads, "device": "cpu"},
+        "predict": {"mode": "whole", "threads": threads, "device": device},
     })
 
 
@@ -75,18 +83,21 @@ def split(seed: int) -> tuple[list[str], list[str]]:
     return sorted(names[i] for i in order[n_val:]), sorted(names[i] for i in order[:n_val])
 
 
-def prepare(names: list[str], work: Path, cfg: dict[str, Any]) -> list[tuple[Path, Path]]:
-    """Normalized images and foreground+contour targets as Zarr (cached in ``work``)."""
-    task = get_task(cfg)
-    pairs = []
-    for name in names:
-        img_path, tgt_path = work / "normalized" / f"{image_id(name)}.zarr", work / "targets" / f"{image_id(name)}.zarr"
-        if not tgt_path.exists():
-            image = read_image(DATA / "images" / name, 2)
-            write_zarr(img_path, normalize(image, cfg["normalize"]))
-            write_zarr(tgt_path, task.make_targets(read_label(DATA / "labels" / name, 2)))
-        pairs.append((img_path, tgt_path))
-    return pairs
+def prepare_one(name: str, work: Path, cfg: dict[str, Any]) -> tuple[Path, Path]:
+    """Normalized image and foreground+contour target of one image as Zarr (cached in ``work``)."""
+    img_path, tgt_path = work / "normalized" / f"{image_id(name)}.zarr", work / "targets" / f"{image_id(name)}.zarr"
+    if not tgt_path.exists():
+        image = read_image(DATA / "images" / name, 2)
+        write_zarr(img_path, normalize(image, cfg["normalize"]))
+        write_zarr(tgt_path, get_task(cfg).make_targets(read_label(DATA / "labels" / name, 2)))
+    return img_path, tgt_path
+
+
+def prepare(names: list[str], work: Path, cfg: dict[str, Any], jobs: int = 1) -> list[tuple[Path, Path]]:
+    if jobs <= 1:
+        return [prepare_one(n, work, cfg) for n in names]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(prepare_one, names, [work] * len(names), [cfg] * len(names)))
 
 
 def epochs_for_budget(cfg: dict[str, Any], pairs: list, work: Path, minutes: float) -> tuple[int, float]:
@@ -104,7 +115,7 @@ def epochs_for_budget(cfg: dict[str, Any], pairs: list, work: Path, minutes: flo
 def evaluate(checkpoint: Path, cfg: dict[str, Any], val_pairs: list, val_names: list[str], tta: bool) -> dict[str, float]:
     task = get_task(cfg)
     clear_predictor_cache()
-    predictor = load_predictor(checkpoint, "cpu")
+    predictor = load_predictor(checkpoint, cfg["predict"]["device"])
     pcfg = {**cfg["predict"], "tta": tta}
     tp = fp = fn = inter = union = 0.0
     f1s, seconds = [], 0.0
@@ -127,36 +138,55 @@ def evaluate(checkpoint: Path, cfg: dict[str, Any], val_pairs: list, val_names: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=40.0, help="training wall time per configuration")
+    parser.add_argument("--patches", type=int, help="fixed number of training patches instead of --minutes")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (training and prediction)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes preparing normalized images and targets")
+    parser.add_argument("--throughput", action="store_true", help="only print training patches/s (2 epochs)")
+    parser.add_argument("--data", default=str(DATA), help="DSB2018 fluo folder (images/, labels/)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", help="keep intermediate files here (default: a temporary folder)")
     parser.add_argument("--configs", default="none,default", help="augmentation settings to train: none, default")
     args = parser.parse_args()
+    global DATA
+    DATA = Path(args.data)
     if not DATA.is_dir():
         raise SystemExit(f"DSB2018 not found at {DATA}")
     logging.basicConfig(level=logging.WARNING)
+    warnings.filterwarnings("ignore", message="no object seeds")  # an untrained model finds none
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as tmp:
         work = Path(args.workdir or tmp)
         train_names, val_names = split(args.seed)
-        base = experiment({}, 1, args.threads, args.seed)
+        base = experiment({}, 1, args.threads, args.seed, args.device)
         start = time.perf_counter()
-        train_pairs, val_pairs = prepare(train_names, work, base), prepare(val_names, work, base)
+        train_pairs = prepare(train_names, work, base, args.jobs)
+        val_pairs = prepare(val_names, work, base, args.jobs)
         prep_s = time.perf_counter() - start
-        rows = []
+        if args.throughput:
+            _, epoch_s = epochs_for_budget(experiment({}, 2, args.threads, args.seed, args.device), train_pairs,
+                                           work / "throughput", 1.0)
+            print(f"{BASE_TRAIN['patches_per_epoch'] / epoch_s:.2f} patches/s ({epoch_s:.1f} s per epoch of "
+                  f"{BASE_TRAIN['patches_per_epoch']} patches, {args.threads} threads, {args.device})")
+            return
+        rows, epoch_s = [], math.nan
         for name in args.configs.split(","):
             augment = NO_AUGMENTATION if name == "none" else DEFAULT_AUGMENTATION
-            epochs, epoch_s = epochs_for_budget(experiment(augment, 2, args.threads, args.seed), train_pairs,
-                                                work / f"{name}", args.minutes)
-            cfg = experiment(augment, epochs, args.threads, args.seed)
+            if args.patches:
+                epochs = max(1, round(args.patches / BASE_TRAIN["patches_per_epoch"]))
+            else:
+                epochs, epoch_s = epochs_for_budget(experiment(augment, 2, args.threads, args.seed, args.device),
+                                                    train_pairs, work / f"{name}", args.minutes)
+            cfg = experiment(augment, epochs, args.threads, args.seed, args.device)
             start = time.perf_counter()
             train_model(cfg, get_task(cfg), train_pairs, [], work / name / "model")
             train_s = time.perf_counter() - start
             for tta in (False, True):
                 scores = evaluate(work / name / "model" / "last.pt", cfg, val_pairs, val_names, tta)
                 rows.append((name, tta, epochs, epochs * BASE_TRAIN["patches_per_epoch"], train_s / 60, scores))
+    budget = f"{args.patches} patches" if args.patches else f"{args.minutes:g} min"
     print(f"DSB2018 fluo: {len(train_names)} training / {len(val_names)} validation images (seed {args.seed}); "
-          f"budget {args.minutes:g} min per configuration on {args.threads} CPU threads; "
+          f"budget {budget} per configuration, device {args.device}, {args.threads} CPU threads; "
           f"preparation {prep_s:.0f} s; last calibration: {epoch_s:.1f} s per epoch of "
           f"{BASE_TRAIN['patches_per_epoch']} patches\n")
     print("| augmentation | TTA | epochs | patches seen | training min | predict s (val) | foreground IoU "

@@ -37,7 +37,7 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def pts(coords, classes=None) -> np.ndarray:
+def pts(coords) -> np.ndarray:
     return np.asarray(coords, dtype=float).reshape(len(coords), -1)
 
 
@@ -411,3 +411,31 @@ def test_tune_files_writes_json(tmp_path):
     result = task.tune_files([str(tmp_path / "p.zarr")], [str(label)])
     assert imageio.read_json(task.tuning_file())["threshold"] == result["threshold"]
     assert 0.2 <= result["threshold"] < 0.9
+
+
+def test_sigmoid_outputs_start_at_the_prior_and_loss_sees_the_same_offset():
+    import torch
+
+    from biapipe.tasks.detection import PRIOR_PROBABILITY
+
+    task = get_task(make_cfg())
+    zeros = torch.zeros(1, 1, 8, 8)
+    assert torch.allclose(task.activate(zeros), torch.full_like(zeros, PRIOR_PROBABILITY))
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, 4, 4] = 1
+    loss_at_prior = float(task.loss()(zeros, target))
+    loss_at_half = float(task.loss()(zeros - task.logit_offset, target))
+    assert loss_at_prior < loss_at_half  # background right from the start
+    regression = get_task(make_cfg(targets={"detection": {"kind": "gaussian"}}))
+    assert regression.logit_offset == 0 and float(regression.activate(zeros).max()) == 0.0
+
+
+def test_config_errors_name_the_key():
+    from biapipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="targets.detection.classes.*lists a class twice"):
+        get_task(make_cfg(targets={"detection": {"classes": [1, "1"]}}))
+    with pytest.raises(ConfigError, match="targets.detection.radius.*has 3 entries but ndim is 2"):
+        get_task(make_cfg(targets={"detection": {"radius": [1, 2, 3]}}))
+    with pytest.raises(ConfigError, match="postprocess.detection.threshold"):
+        make_cfg(postprocess={"detection": {"threshold": "median"}})

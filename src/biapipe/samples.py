@@ -66,6 +66,10 @@ def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) 
     if not folder.is_dir():
         raise InputError(folder, "folder not found")
     found: dict[str, str] = {}
+    # Paths by string concatenation: same text as str(folder / name), without building a
+    # Path per file (this runs at every parse, for every file of the dataset).
+    base = str(folder)
+    prefix = "" if base == "." else base if base.endswith(os.sep) else base + os.sep
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name
@@ -74,7 +78,7 @@ def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) 
             sid = image_id(name) if suffixes is IMAGE_SUFFIXES else name[: name.rfind(".")]
             if sid in found:
                 raise InputError(folder / name, f"two files share the sample name '{sid}' ({Path(found[sid]).name})")
-            found[sid] = str(folder / name)
+            found[sid] = prefix + name
     return dict(sorted(found.items()))
 
 

@@ -73,10 +73,30 @@ class ProbeCache:
             os.replace(tmp, self.path)
 
 
+#: Canonical shapes already worked out, by (kind, header shape, dtype, ndim, axes): a dataset
+#: has few distinct shapes and the check runs at every parse. Only successes are kept, so an
+#: error is raised afresh and names its own file.
+_CANONICAL: dict[tuple[Any, ...], tuple[int, ...]] = {}
+
+
 def spatial_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str, axes: str | None) -> tuple[int, ...]:
     """Canonical (Z)YX shape of an image, using the one axes function on a zero-size view."""
-    view = np.broadcast_to(np.zeros((), dtype=dtype), shape)
-    return tuple(canonical_image(view, ndim, path, axes).shape[:-1])
+    key = ("image", tuple(shape), np.dtype(dtype).str, ndim, axes)
+    hit = _CANONICAL.get(key)
+    if hit is None:
+        view = np.broadcast_to(np.zeros((), dtype=dtype), shape)
+        hit = _CANONICAL[key] = tuple(canonical_image(view, ndim, path, axes).shape[:-1])
+    return hit
+
+
+def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -> tuple[int, ...]:
+    """Spatial shape of a label image (singleton axes dropped) from its header."""
+    key = ("label", tuple(shape), np.dtype(dtype).str, ndim, None)
+    hit = _CANONICAL.get(key)
+    if hit is None:
+        view = np.broadcast_to(np.zeros((), dtype=dtype), shape)
+        hit = _CANONICAL[key] = tuple(canonical_label(view, ndim, path).shape)
+    return hit
 
 
 def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> None:
@@ -90,8 +110,7 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> None
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":
             raise InputError(sample.label, f"unsupported label dtype {ldtype}")
-        view = np.broadcast_to(np.zeros((), dtype=ldtype), lshape)
-        lab_shape = tuple(canonical_label(view, ndim, sample.label).shape)
+        lab_shape = label_shape(lshape, ldtype, ndim, sample.label)
         if lab_shape != img_shape:
             raise InputError(
                 sample.label, f"label shape {lab_shape} does not match image {sample.image} of shape {img_shape}"

@@ -46,8 +46,6 @@ rule normalize:
     benchmark:
         f"{OUT}/benchmarks/normalize/{{image}}.tsv"
     priority: 50
-    group:
-        "per_image"
     run:
         stages.run("normalize", input.image, output[0], CFG, *input.stats, log=log[0])
 
@@ -67,7 +65,5 @@ rule targets:
     benchmark:
         f"{OUT}/benchmarks/targets/{{image}}.tsv"
     priority: 50
-    group:
-        "per_image"
     run:
         stages.run("targets", label_value(wildcards), input.image, output[0], CFG, log=log[0])

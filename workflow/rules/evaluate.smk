@@ -15,8 +15,6 @@ rule postprocess:
         f"{OUT}/logs/postprocess/{{image}}.log",
     benchmark:
         f"{OUT}/benchmarks/postprocess/{{image}}.tsv"
-    group:
-        "per_image"
     run:
         stages.run("postprocess", input.prediction, output.main, CFG, input.image, side_outputs(output), log=log[0])
 
@@ -35,8 +33,6 @@ rule evaluate:
         f"{OUT}/logs/evaluate/{{image}}.log",
     benchmark:
         f"{OUT}/benchmarks/evaluate/{{image}}.tsv"
-    group:
-        "per_image"
     run:
         stages.run("evaluate", input.output, label_value(wildcards), output[0], wildcards.image, CFG, input.image, log=log[0])
 

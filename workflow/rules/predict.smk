@@ -1,5 +1,7 @@
 # Tiled prediction per image. Runs in the long-lived Snakemake process (threads), so the
 # model is loaded once per process and reused for every image, not once per image.
+# Cluster grouping of the per-image rules lives in profiles/slurm (`groups:`), not in the
+# rules: Snakemake's group checks cost O(images^2) even in local runs (docs/cluster.md).
 
 
 rule predict:
@@ -23,7 +25,5 @@ rule predict:
         f"{OUT}/logs/predict/{{image}}.log",
     benchmark:
         f"{OUT}/benchmarks/predict/{{image}}.tsv"
-    group:
-        "per_image"
     run:
         stages.run("predict", input.model, input.image, output[0], CFG, log=log[0])

@@ -2,7 +2,8 @@
 
 Ground truth is a points CSV per image (:mod:`biapipe.targets_points`); the network
 learns one map per class, either balls around the points (BCE + Dice through a
-sigmoid) or Gaussian heat maps (MSE, regressed and clamped to [0, 1]). Peaks of
+sigmoid, whose logits carry a fixed prior offset, see PRIOR_PROBABILITY) or Gaussian
+heat maps (MSE, regressed and clamped to [0, 1]). Peaks of
 the predicted maps become the points (:mod:`biapipe.postprocess.detection`), which
 are scored by one-to-one matching within a physical tolerance
 (:mod:`biapipe.metrics.detection`).
@@ -57,11 +58,8 @@ class DetectionTask(Task):
         tcfg = cfg.get("targets", {}).get("detection", {})
         self.kind: str = tcfg.get("kind", "ball")
         self.size = tcfg.get("radius", 3.0) if self.kind == "ball" else tcfg.get("sigma", 2.0)
-        classes = tcfg.get("classes")
-        self.class_values: list[Any] | None = list(classes) if classes else None
-        self.class_names: list[str] | None = [class_key(v) for v in classes] if classes else None
-        if self.class_names and len(set(self.class_names)) != len(self.class_names):
-            raise ConfigError("targets.detection.classes", f"lists a class twice: {self.class_names}")
+        self.class_values: list[Any] | None = list(tcfg["classes"]) if tcfg.get("classes") else None
+        self.class_names: list[str] | None = _class_names(self.class_values)
         self.loss_kind: str = tcfg.get("loss") or DEFAULT_LOSS[self.kind]
         #: added to the logits in both the loss and the activation: a fixed prior bias, so the
         #: model (shared by all tasks) needs no detection-specific initialisation
@@ -181,6 +179,16 @@ class OffsetLoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.inner(logits + self.offset, target)
+
+
+def _class_names(values: list[Any] | None) -> list[str] | None:
+    """Canonical text of each configured class (1 and '1' are one class, so listing both is an error)."""
+    if not values:
+        return None
+    names = [class_key(v) for v in values]
+    if len(set(names)) != len(names):
+        raise ConfigError("targets.detection.classes", f"lists a class twice: {names}")
+    return names
 
 
 def _check_size(size: Any, ndim: int, key: str) -> None:
