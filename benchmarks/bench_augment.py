@@ -59,7 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cuda = torch.cuda.is_available()
-    head = "| patch | defaults, CPU ms | everything, CPU ms |" + (" defaults, GPU ms | everything, GPU ms |" if cuda else "")
+    head = "| patch | defaults, CPU ms | everything, CPU ms |"
+    head += " defaults, GPU ms | everything, GPU ms |" if cuda else ""
     print(head)
     print("|---|---|---|" + ("---|---|" if cuda else ""))
     for name, shape in SHAPES.items():

@@ -112,7 +112,8 @@ def epochs_for_budget(cfg: dict[str, Any], pairs: list, work: Path, minutes: flo
     return max(1, math.floor((minutes * 60 - setup) / per_epoch)), per_epoch
 
 
-def evaluate(checkpoint: Path, cfg: dict[str, Any], val_pairs: list, val_names: list[str], tta: bool) -> dict[str, float]:
+def evaluate(checkpoint: Path, cfg: dict[str, Any], val_pairs: list, val_names: list[str],
+             tta: bool) -> dict[str, float]:
     task = get_task(cfg)
     clear_predictor_cache()
     predictor = load_predictor(checkpoint, cfg["predict"]["device"])
@@ -136,6 +137,7 @@ def evaluate(checkpoint: Path, cfg: dict[str, Any], val_pairs: list, val_names: 
 
 
 def main() -> None:
+    global DATA
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=40.0, help="training wall time per configuration")
     parser.add_argument("--patches", type=int, help="fixed number of training patches instead of --minutes")
@@ -148,7 +150,6 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep intermediate files here (default: a temporary folder)")
     parser.add_argument("--configs", default="none,default", help="augmentation settings to train: none, default")
     args = parser.parse_args()
-    global DATA
     DATA = Path(args.data)
     if not DATA.is_dir():
         raise SystemExit(f"DSB2018 not found at {DATA}")
@@ -169,9 +170,16 @@ def main() -> None:
             print(f"{BASE_TRAIN['patches_per_epoch'] / epoch_s:.2f} patches/s ({epoch_s:.1f} s per epoch of "
                   f"{BASE_TRAIN['patches_per_epoch']} patches, {args.threads} threads, {args.device})")
             return
-        rows, epoch_s = [], math.nan
+        budget = f"{args.patches} patches" if args.patches else f"{args.minutes:g} min"
+        print(f"DSB2018 fluo: {len(train_names)} training / {len(val_names)} validation images (seed {args.seed}); "
+              f"budget {budget} per configuration, device {args.device}, {args.threads} CPU threads; "
+              f"preparation {prep_s:.0f} s\n")
+        print("| augmentation | TTA | epochs | patches seen | s per epoch (calibration) | training min "
+              "| predict s (val) | foreground IoU | F1@0.5 pooled | F1@0.5 mean per image |")
+        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
         for name in args.configs.split(","):
             augment = NO_AUGMENTATION if name == "none" else DEFAULT_AUGMENTATION
+            epoch_s = math.nan
             if args.patches:
                 epochs = max(1, round(args.patches / BASE_TRAIN["patches_per_epoch"]))
             else:
@@ -180,21 +188,12 @@ def main() -> None:
             cfg = experiment(augment, epochs, args.threads, args.seed, args.device)
             start = time.perf_counter()
             train_model(cfg, get_task(cfg), train_pairs, [], work / name / "model")
-            train_s = time.perf_counter() - start
+            train_min = (time.perf_counter() - start) / 60
             for tta in (False, True):
-                scores = evaluate(work / name / "model" / "last.pt", cfg, val_pairs, val_names, tta)
-                rows.append((name, tta, epochs, epochs * BASE_TRAIN["patches_per_epoch"], train_s / 60, scores))
-    budget = f"{args.patches} patches" if args.patches else f"{args.minutes:g} min"
-    print(f"DSB2018 fluo: {len(train_names)} training / {len(val_names)} validation images (seed {args.seed}); "
-          f"budget {budget} per configuration, device {args.device}, {args.threads} CPU threads; "
-          f"preparation {prep_s:.0f} s; last calibration: {epoch_s:.1f} s per epoch of "
-          f"{BASE_TRAIN['patches_per_epoch']} patches\n")
-    print("| augmentation | TTA | epochs | patches seen | training min | predict s (val) | foreground IoU "
-          "| F1@0.5 pooled | F1@0.5 mean per image |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, tta, epochs, patches, minutes, s in rows:
-        print(f"| {name} | {'yes' if tta else 'no'} | {epochs} | {patches} | {minutes:.1f} | {s['predict_s']:.0f} "
-              f"| {s['iou']:.3f} | {s['f1_pooled']:.3f} | {s['f1_mean']:.3f} |")
+                s = evaluate(work / name / "model" / "last.pt", cfg, val_pairs, val_names, tta)
+                print(f"| {name} | {'yes' if tta else 'no'} | {epochs} | {epochs * BASE_TRAIN['patches_per_epoch']} "
+                      f"| {epoch_s:.1f} | {train_min:.1f} | {s['predict_s']:.0f} | {s['iou']:.3f} "
+                      f"| {s['f1_pooled']:.3f} | {s['f1_mean']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

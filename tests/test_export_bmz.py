@@ -72,6 +72,7 @@ def load_architecture(path: Path) -> Any:
     return module
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_package_is_valid_and_reproduces_biapipe(trained: tuple, tmp_path: Path) -> None:
     checkpoint, cfg, raw_path = trained
     out = export_bmz(checkpoint, cfg, tmp_path / "pkg", raw_path, authors=["A. Tester"])

@@ -301,7 +301,8 @@ def test_cosine_with_warmup_and_onecycle_shapes() -> None:
     assert onecycle_factor(10**6, 20) == pytest.approx(1 / 25 / 1e4)
     warm_const = lrs_of("none", warmup_epochs=0.4)  # 2 steps
     assert warm_const[:3] == pytest.approx([0.1 / 3, 0.2 / 3, 0.1])
-    assert make_scheduler(torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1), config(scheduler="none")["train"]) is None
+    plain = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1)
+    assert make_scheduler(plain, config(scheduler="none")["train"]) is None
 
 
 def test_gradient_clipping_bounds_the_step() -> None:

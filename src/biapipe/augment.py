@@ -131,12 +131,6 @@ class Augmenter:
         """The exact stage only (flips, rot90); kept for callers that work in numpy."""
         return augment_pair(image, target, rng, self.flip, self.rot90)
 
-    @property
-    def interpolating(self) -> bool:
-        """Whether any torch-stage transform can happen at all (else that stage is skipped)."""
-        return any(p > 0 for p in (self.rotate, self.scale, self.elastic, self.blur, self.poisson_noise,
-                                   self.gaussian_noise, self.brightness, self.contrast, self.gamma, self.cutout))
-
     # ------------------------------------------------------------------ per-patch draws
     def draw(self, rng: np.random.Generator) -> AugmentDraw:
         """Parameters of the torch stage for one patch; always 21 draws, whatever is chosen."""

@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--binarize", action="store_true", help="semantic: ground-truth labels > 0 are foreground")
     ev.set_defaults(func=_evaluate)
 
-    bmz = sub.add_parser("export-bmz", help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")
+    bmz = sub.add_parser("export-bmz",
+                         help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")
     bmz.add_argument("--model", required=True, help="checkpoint, e.g. results/EXP/model/best.pt")
     bmz.add_argument("--config", required=True, help="the experiment's config YAML (task and normalization)")
     bmz.add_argument("--out", required=True, help="package to write: a .zip file, else a folder")

@@ -75,7 +75,9 @@ def activation_spec(task: Any) -> list[list[Any]]:
     if name == "detection":
         from .tasks.instance import SIGMOID_KINDS
 
-        entry = ["sigmoid"] if task.loss_kind in SIGMOID_KINDS else ["clamp", 0.0, 1.0]
+        # detection adds a fixed prior to its logits before the sigmoid
+        offset = float(getattr(task, "logit_offset", 0.0))
+        entry = ["sigmoid", offset] if task.loss_kind in SIGMOID_KINDS else ["clamp", 0.0, 1.0]
         return [list(entry) for _ in range(task.out_channels())]
     raise ConfigError("workflow", f"export-bmz supports semantic, instance and detection models, not '{name}'")
 
@@ -231,9 +233,13 @@ def _write_files(folder: Path, net: nn.Module, spec: dict[str, Any], activation:
 
     shutil.copyfile(models.__file__, folder / ARCH_FILE)
     torch.save(net.state_dict(), folder / STATE_FILE)
-    with torch.no_grad():
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in torch but is still the zoo's framework-free weight format
+        warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.trace(net, x, check_trace=False)
-    scripted.save(str(folder / SCRIPT_FILE))
+        scripted.save(str(folder / SCRIPT_FILE))
     np.save(folder / TEST_INPUT, np.moveaxis(raw_crop.astype(np.float32), -1, 0)[None])
     np.save(folder / TEST_OUTPUT, y.numpy().astype(np.float32))
     # the same data as images, for viewers (FAIR "sample tensors"): C(Z)YX

@@ -312,9 +312,10 @@ def count_parameters(model: nn.Module) -> int:
 class ActivatedNet(nn.Module):
     """A network followed by its task's activation, as one module for export.
 
-    ``activation`` is one entry per output channel: ``["sigmoid"]``, ``["clamp", low, high]``
-    or ``["identity"]``; or the single entry ``["softmax"]`` over all channels. Consumers of
-    an exported model then get the same quantities ``biapipe predict`` stores.
+    ``activation`` is one entry per output channel: ``["sigmoid"]`` or ``["sigmoid", offset]``
+    (a fixed logit offset added first), ``["clamp", low, high]`` or ``["identity"]``; or the
+    single entry ``["softmax"]`` over all channels. Consumers of an exported model then get
+    the same quantities ``biapipe predict`` stores.
     """
 
     def __init__(self, net: nn.Module, activation: list[list[Any]]) -> None:
@@ -323,6 +324,7 @@ class ActivatedNet(nn.Module):
         self.softmax = len(activation) == 1 and activation[0][0] == "softmax"
         kinds = [] if self.softmax else [a[0] for a in activation]
         self.sigmoid_mask = [k == "sigmoid" for k in kinds]
+        self.offset = [float(a[1]) if a[0] == "sigmoid" and len(a) > 1 else 0.0 for a in activation] if kinds else []
         self.low = [float(a[1]) if a[0] == "clamp" else -math.inf for a in activation] if kinds else []
         self.high = [float(a[2]) if a[0] == "clamp" else math.inf for a in activation] if kinds else []
 
@@ -333,7 +335,10 @@ class ActivatedNet(nn.Module):
         parts = []
         for c in range(len(self.sigmoid_mask)):
             part = y[:, c:c + 1]
-            parts.append(torch.sigmoid(part) if self.sigmoid_mask[c] else part.clamp(self.low[c], self.high[c]))
+            if self.sigmoid_mask[c]:
+                parts.append(torch.sigmoid(part + self.offset[c]))
+            else:
+                parts.append(part.clamp(self.low[c], self.high[c]))
         return torch.cat(parts, dim=1)
 
 

@@ -84,7 +84,7 @@ wildcard_constraints:
 
 TASK = stages.get_task(CFG)
 if TASK.tuning_file() and not VAL_IDS:
-    sys.exit(f"biapipe: config key 'postprocess.{CFG['workflow']}.tuned': tuning needs validation images (data.val or train.val_fraction > 0)")
+    sys.exit(f"biapipe: config section 'postprocess.{CFG['workflow']}' asks for tuned thresholds, which need validation images (data.val or train.val_fraction > 0)")
 
 
 def _train_params():

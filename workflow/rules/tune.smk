@@ -23,6 +23,8 @@ if TASK.tuning_file():
             TASK.tuning_file(),
         params:
             postprocess=CFG["postprocess"],
+            evaluate=CFG["evaluate"],
+            voxel_size=CFG["data"]["voxel_size"],
         log:
             f"{OUT}/logs/tune.log",
         benchmark:
