@@ -13,6 +13,9 @@ the rest are test images with labels, so the DAG holds every per-image rule.
 Two timings per size: `cold`, the first parse (every header read, probe cache written to
 `.snakemake/biapipe/probe-cache.json`), and `warm`, a second parse with the cache (what
 every later `snakemake` call, and every cluster job, pays). Target: warm < 20 s for 10,000.
+Wall and CPU seconds of the Snakemake process are both shown: on a shared machine the wall
+time grows with the load, the CPU time hardly. `--smk-profile profiles/slurm` adds a profile
+(e.g. to see what the cluster profile's groups cost; docs/cluster.md, "Scale").
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def dry_run(workdir: Path, cfgfile: Path, profile_out: str | None = None, extra:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the warm run of the last size to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the generated datasets (printed paths)")

@@ -89,7 +89,9 @@ if TASK.tuning_file() and not VAL_IDS:
 
 def _train_params():
     """Everything that changes the trained weights (threads and device placement do not)."""
-    return {k: v for k, v in CFG["train"].items() if k not in ("threads", "device", "num_workers")}
+    params = {k: v for k, v in CFG["train"].items() if k not in ("threads", "device", "num_workers")}
+    params["augment"] = {k: v for k, v in params["augment"].items() if k != "debug_samples"}
+    return params
 
 
 def image_of(wildcards):
