@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import resolve_device
 from .errors import ConfigError, InputError
 from .imageio import open_array, write_zarr
 from .tiling import DEFAULT_TRIM, BatchFn, run_tiled
@@ -41,21 +42,6 @@ Activate = Callable[[torch.Tensor], torch.Tensor]
 
 
 # --------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` means CUDA when present, CPU otherwise: the same config runs anywhere."""
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError("predict.device", f"'{device}' is not a device ({exc})") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("predict.device", f"'{device}' requested but CUDA is not available")
-    return dev
 
 
 # --------------------------------------------------------------------------- model cache

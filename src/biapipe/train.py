@@ -41,6 +41,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .augment import Augmenter, write_augment_samples
+from .devices import resolve_device
 from .errors import ConfigError, InputError
 from .imageio import atomic_path, write_csv
 from .models import build_model, count_parameters, divisor_per_axis, model_spec_from_config
@@ -70,19 +71,6 @@ COSINE_FINAL_FRACTION = 0.01
 
 
 # --------------------------------------------------------------------------- set-up
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an explicit CUDA device on a machine without one is a config error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError("train.device", f"'{name}' is not a device (use auto, cpu, cuda or cuda:N)") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", f"'{name}' requested but CUDA is not available on this machine")
-    return device
 
 
 @contextlib.contextmanager
@@ -640,7 +628,7 @@ def train_model(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPair]
     tcfg = cfg["train"]
     with torch_settings(int(tcfg["threads"])):
         seed_everything(cfg["seed"])
-        device = resolve_device(str(tcfg["device"]))
+        device = resolve_device(str(tcfg["device"]), "train.device")
         on_device = device.type == "cuda"  # batched GPU augmentation; CPU augments in the data path
         # a task that does not learn from patches (classification) supplies its own datasets
         own = getattr(task, "build_datasets", None)

@@ -19,7 +19,7 @@ import numpy as np
 from .. import imageio
 from ..errors import ConfigError
 from ..omezarr import create_ome_zarr
-from .blocks import Block, block_grid
+from .blocks import Block
 from .lazy import LazyImage, check_chunk_budget, open_lazy
 from .predict import BlockPredictor, create_prediction_store, plan_blocks, predict_into, prediction_chunks
 

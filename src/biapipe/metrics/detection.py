@@ -34,6 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
+from .semantic import column_sum as _sum
+from .semantic import nanmean as _nanmean
 from .semantic import ratio
 
 #: Relative slack on the tolerance so that a distance equal to it on paper is a match in floats.
@@ -271,13 +273,3 @@ def _pooled(metrics: pd.DataFrame, suffix: str) -> dict[str, float]:
     for name in RATIOS:
         out[f"mean_{name}{suffix}"] = _nanmean(metrics.get(f"{name}{suffix}", pd.Series(dtype=float)))
     return out
-
-
-def _sum(metrics: pd.DataFrame, column: str) -> float:
-    return float(metrics[column].sum()) if column in metrics else 0.0
-
-
-def _nanmean(values: object) -> float:
-    arr = np.asarray(values, dtype=float)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if arr.size else float("nan")

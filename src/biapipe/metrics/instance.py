@@ -30,6 +30,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import InputError
+from .semantic import column_sum as _sum
+from .semantic import nanmean as _nanmean
 from .semantic import ratio
 
 #: IoU thresholds reported when the config does not say otherwise.
@@ -199,13 +201,3 @@ def summarize_matching(metrics: pd.DataFrame, thresholds: Sequence[float] = DEFA
     row["pooled_accuracy@mean"] = _nanmean(pooled_acc)
     row["mean_accuracy@mean"] = _nanmean(mean_acc)
     return row
-
-
-def _sum(metrics: pd.DataFrame, column: str) -> float:
-    return float(metrics[column].sum()) if column in metrics else 0.0
-
-
-def _nanmean(values: object) -> float:
-    arr = np.asarray(values, dtype=float)
-    arr = arr[~np.isnan(arr)]
-    return float(arr.mean()) if arr.size else float("nan")

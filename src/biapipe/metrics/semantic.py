@@ -14,6 +14,7 @@ there. When k occurs in only one of the two, the overlap is empty and IoU = Dice
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ..errors import InputError
 
@@ -94,3 +95,15 @@ def _foreground(cm: np.ndarray) -> dict[str, float]:
     union = n_pred + n_gt - inter
     return {"foreground_iou": ratio(inter, union), "fg_inter": inter, "fg_union": union}
 
+
+
+def column_sum(metrics: "pd.DataFrame", column: str) -> float:
+    """Sum of a per-image column, 0 when the column is absent (no image had that class)."""
+    return float(metrics[column].sum()) if column in metrics else 0.0
+
+
+def nanmean(values: object) -> float:
+    """Mean over the defined values: NaN marks 'not applicable to this image', not zero."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else float("nan")
