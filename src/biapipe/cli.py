@@ -27,7 +27,8 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from . import imageio
     from .config import validate_config
-    from .samples import list_images
+    from .imageio import IMAGE_SUFFIXES
+    from .samples import LABEL_SUFFIXES, list_images
     from .tasks import get_task
 
     cfg = validate_config(
@@ -40,14 +41,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         }
     )
     task = get_task(cfg)
-    preds, gts = list_images(args.pred), list_images(args.gt)
+    suffixes = LABEL_SUFFIXES.get(args.workflow, IMAGE_SUFFIXES)
+    preds = list_images(args.pred, (task.output_suffix,) if task.output_suffix == ".csv" else IMAGE_SUFFIXES)
+    gts = list_images(args.gt, suffixes)
     missing = sorted(set(gts) - set(preds))
     if missing:
         raise BiapipeError(f"{args.pred}: no prediction for ground truth '{missing[0]}' ({len(missing)} missing)")
     rows = []
     for image_id, gt_path in gts.items():
         output = task.read_output(preds[image_id])
-        label = imageio.read_label(gt_path, args.ndim)
+        label = task.read_label(gt_path, None) if suffixes != IMAGE_SUFFIXES else imageio.read_label(gt_path, args.ndim)
         rows.append({"image": image_id, **task.evaluate(output, label)})
     table = pd.DataFrame(rows)
     imageio.write_csv(args.out, table)
