@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..metrics.instance import DEFAULT_IOU_THRESHOLDS, PER_THRESHOLD, Overlap, match_pairs, scores, threshold_key
+from ..metrics.instance import DEFAULT_IOU_THRESHOLDS, Overlap, matching_from_overlap
 from ..metrics.semantic import _class_counts, _foreground, confusion_matrix, ratio
 from .blocks import Block
 
@@ -106,15 +106,3 @@ def instance_metrics_blocks(pred: Any, gt: Any, blocks: Sequence[Block],
         g = np.asarray(gt[block.slices])
         acc.add(gt_map(g) if gt_map else g, np.asarray(pred[block.slices]))
     return matching_from_overlap(acc.result(), thresholds)
-
-
-def matching_from_overlap(ov: Overlap, thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> dict[str, float]:
-    """Per-threshold matching figures of a (possibly accumulated) overlap table."""
-    n_gt, n_pred = len(ov.gt_ids), len(ov.pred_ids)
-    out: dict[str, float] = {"n_pred": n_pred, "n_gt": n_gt}
-    for t in thresholds:
-        _, _, w = match_pairs(ov, float(t))
-        tp = int(w.size)
-        figures = scores(tp, n_pred - tp, n_gt - tp, float(w.sum()))
-        out.update({f"{name}@{threshold_key(t)}": figures[name] for name in PER_THRESHOLD})
-    return out

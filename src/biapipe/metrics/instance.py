@@ -165,15 +165,18 @@ def scores(tp: float, fp: float, fn: float, sum_iou: float) -> dict[str, float]:
 def matching_metrics(pred: np.ndarray, gt: np.ndarray,
                      thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> dict[str, float]:
     """All matching figures of one image: ``n_pred``, ``n_gt`` and ``{figure}@{t}`` per threshold."""
-    ov = overlap(gt, pred)
+    return matching_from_overlap(overlap(gt, pred), thresholds)
+
+
+def matching_from_overlap(ov: Overlap, thresholds: Sequence[float] = DEFAULT_IOU_THRESHOLDS) -> dict[str, float]:
+    """Per-threshold matching figures of an overlap table, whole-image or accumulated block by block."""
     n_gt, n_pred = len(ov.gt_ids), len(ov.pred_ids)
     out: dict[str, float] = {"n_pred": n_pred, "n_gt": n_gt}
     for t in thresholds:
         _, _, w = match_pairs(ov, float(t))
         tp = int(w.size)
         figures = scores(tp, n_pred - tp, n_gt - tp, float(w.sum()))
-        key = threshold_key(t)
-        out.update({f"{name}@{key}": figures[name] for name in PER_THRESHOLD})
+        out.update({f"{name}@{threshold_key(t)}": figures[name] for name in PER_THRESHOLD})
     return out
 
 
