@@ -236,6 +236,11 @@ def _check_spec(spec: dict[str, Any]) -> None:
     if spec.get("arch") not in ARCHITECTURES:
         raise ConfigError("train.model.arch", f"unknown architecture '{spec.get('arch')}' "
                                               f"(choose from {', '.join(ARCHITECTURES)})")
+    check_network_spec(spec)
+
+
+def check_network_spec(spec: dict[str, Any]) -> None:
+    """Checks every network spec shares (segmentation and classification): sizes, norm, dropout."""
     if spec.get("ndim") not in (2, 3):
         raise ConfigError("ndim", f"must be 2 or 3, got {spec.get('ndim')}")
     for key in ("in_channels", "out_channels", "depth", "width"):

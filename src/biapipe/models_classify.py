@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .models import check_network_spec
 
 #: ``arch`` value of classifier specs (never a value of ``train.model.arch``: the
 #: classification workflow always uses this network).
@@ -123,18 +124,9 @@ def _check_spec(spec: dict[str, Any]) -> None:
     """Reject a bad spec with the config key to fix, rather than failing inside torch."""
     if spec.get("arch") != ARCH:
         raise ConfigError("train.model.arch", f"'{spec.get('arch')}' is not the classifier ({ARCH})")
-    if spec.get("ndim") not in (2, 3):
-        raise ConfigError("ndim", f"must be 2 or 3, got {spec.get('ndim')}")
-    for key in ("in_channels", "out_channels", "depth", "width"):
-        value = spec.get(key)
-        if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"train.model.{key}", f"must be a positive integer, got {value!r}")
+    check_network_spec(spec)
     if spec["out_channels"] < 2:
         raise ConfigError("targets.classification.classes", "classification needs at least 2 classes")
-    if spec.get("norm", "batch") not in NORMS:
-        raise ConfigError("train.model.norm", f"unknown normalization '{spec.get('norm')}'")
-    if not 0.0 <= float(spec.get("dropout", 0.0)) < 1.0:
-        raise ConfigError("train.model.dropout", f"must be in [0, 1), got {spec.get('dropout')}")
 
 
 def build_classifier(spec: dict[str, Any]) -> ResNetClassifier:
