@@ -47,3 +47,13 @@ def test_missing_prediction_is_an_error(tmp_path, capsys):
     tifffile.imwrite(gt / "x.tif", np.zeros((4, 4), np.uint8))
     assert main(["evaluate", "--workflow", "semantic", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "m.csv")]) == 2
     assert "no prediction for ground truth 'x'" in capsys.readouterr().err
+
+
+def test_job_threads_override_the_config_thread_count():
+    from biapipe.stages import with_threads
+
+    cfg = {"predict": {"threads": 8, "tile_size": [64, 64]}, "train": {"threads": 8}}
+    scaled = with_threads(cfg, "predict", 2)
+    assert scaled["predict"] == {"threads": 2, "tile_size": [64, 64]}
+    assert cfg["predict"]["threads"] == 8  # the shared config is not modified
+    assert with_threads(cfg, "train", None) is cfg

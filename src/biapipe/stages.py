@@ -131,9 +131,11 @@ def train(
     model_dir: str,
     cfg: dict[str, Any],
     log_path: str | None = None,
+    threads: int | None = None,
 ) -> None:
     from .train import train_model
 
+    cfg = with_threads(cfg, "train", threads)
     with job_log(log_path, "train") as log:
         train_model(
             cfg,
@@ -148,9 +150,18 @@ def train(
 # --------------------------------------------------------------------------- predict
 
 
-def predict(model_path: str, image_zarr: str, out_zarr: str, cfg: dict[str, Any]) -> None:
+def with_threads(cfg: dict[str, Any], section: str, threads: int | None) -> dict[str, Any]:
+    """``cfg`` with the thread count Snakemake actually granted the job (it scales a rule's
+    ``threads`` down to ``--cores``), so torch never runs more threads than the job holds."""
+    if not threads:
+        return cfg
+    return {**cfg, section: {**cfg[section], "threads": int(threads)}}
+
+
+def predict(model_path: str, image_zarr: str, out_zarr: str, cfg: dict[str, Any], threads: int | None = None) -> None:
     from .predict import load_predictor, predict_image
 
+    cfg = with_threads(cfg, "predict", threads)
     task = get_task(cfg)
     if hasattr(task, "predict_file"):  # whole-image tasks (classification): no tiling
         task.predict_file(model_path, image_zarr, out_zarr)

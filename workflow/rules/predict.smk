@@ -26,4 +26,4 @@ rule predict:
     benchmark:
         f"{OUT}/benchmarks/predict/{{image}}.tsv"
     run:
-        stages.run("predict", input.model, input.image, output[0], CFG, log=log[0])
+        stages.run("predict", input.model, input.image, output[0], CFG, threads, log=log[0])

@@ -13,4 +13,5 @@ stages.train(
     Path(sm.output.best).parent,
     sm.config,
     log_path=sm.log[0],
+    threads=sm.threads,
 )
