@@ -60,6 +60,32 @@ def planned_jobs(workdir: Path, configfile: Path, *args: str) -> dict[str, int]:
     return counts
 
 
+TINY_TRAIN = {
+    "model": {"depth": 2, "width": 4},
+    "batch_size": 2,
+    "epochs": 2,
+    "patches_per_epoch": 4,
+    "val_patches": 2,
+    "threads": 1,
+}
+
+
+def tiny_config(folder: Path, workflow: str, experiment: str, ndim: int = 2, /, labels: str = "labels", **sections) -> dict:
+    """A fast config over the demo layout ({split}/images, {split}/<labels>); ``sections`` are merged per key."""
+    cfg = {
+        "experiment": experiment,
+        "workflow": workflow,
+        "ndim": ndim,
+        "seed": 3,
+        "data": {s: {"images": str(folder / s / "images"), "labels": str(folder / s / labels)} for s in ("train", "val", "test")},
+        "train": {**TINY_TRAIN, "patch_size": [32, 32] if ndim == 2 else [8, 16, 16]},
+        "predict": {"tile_size": [32, 32] if ndim == 2 else [8, 16, 16], "threads": 1},
+    }
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    return cfg
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

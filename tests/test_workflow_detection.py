@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import planned_jobs, snakemake, write_config
+from conftest import planned_jobs, snakemake, tiny_config, write_config
 
 from biapipe.demo import make_demo_data
 
@@ -28,21 +28,10 @@ METRIC_COLUMNS = ["image", "n_pred", "n_gt", "tp", "fp", "fn", "precision", "rec
 
 def points_config(folder: Path, ndim: int = 2, **sections) -> dict:
     """Folders of the demo layout with the points CSVs as labels."""
-    cfg = {
-        "experiment": "tinydet",
-        "workflow": "detection",
-        "ndim": ndim,
-        "seed": 3,
-        "data": {split: {"images": str(folder / split / "images"), "labels": str(folder / split / "points")}
-                 for split in ("train", "val", "test")},
-        "targets": {"detection": {"kind": "ball", "radius": 2.0}},
-        "train": {**TINY_TRAIN, "patch_size": [32, 32] if ndim == 2 else [8, 16, 16]},
-        "predict": {"tile_size": [32, 32] if ndim == 2 else [8, 16, 16], "threads": 1},
-        "evaluate": {"detection": {"tolerance": 3.0}},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
-    return cfg
+    defaults = {"targets": {"detection": {"kind": "ball", "radius": 2.0}}, "evaluate": {"detection": {"tolerance": 3.0}}}
+    for key, value in defaults.items():
+        sections[key] = {**value, **sections.get(key, {})}
+    return tiny_config(folder, "detection", "tinydet", ndim, labels="points", **sections)
 
 
 @pytest.fixture(scope="module")

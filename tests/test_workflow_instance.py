@@ -6,8 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import planned_jobs, snakemake, write_config
-from test_workflow_semantic import TINY_TRAIN
+from conftest import TINY_TRAIN, planned_jobs, snakemake, tiny_config, write_config
 
 from biapipe.demo import make_demo_data
 
@@ -15,19 +14,15 @@ pytestmark = pytest.mark.workflow
 
 
 def instance_config(data, ndim=2, **sections):
-    cfg = {
-        "experiment": "inst",
-        "workflow": "instance",
-        "ndim": ndim,
-        "seed": 4,
-        "data": {s: {"images": str(data / s / "images"), "labels": str(data / s / "labels")} for s in ("train", "val", "test")},
+    defaults = {
         "targets": {"instance": {"channels": ["foreground", "contour"]}},
         "train": {**TINY_TRAIN, "epochs": 3, "patch_size": [32, 32] if ndim == 2 else [8, 16, 16]},
-        "predict": {"tile_size": [32, 32] if ndim == 2 else [8, 16, 16], "threads": 1},
         "evaluate": {"iou_thresholds": [0.5, 0.75]},
     }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
+    for key, value in defaults.items():
+        sections[key] = {**value, **sections.get(key, {})}
+    cfg = tiny_config(data, "instance", "inst", ndim, **sections)
+    cfg["seed"] = 4
     return cfg
 
 

@@ -9,36 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import planned_jobs, snakemake, write_config, write_tif
+from conftest import planned_jobs, snakemake, tiny_config, write_config, write_tif
 
 from biapipe.demo import make_demo_data
 
 pytestmark = pytest.mark.workflow
 
-TINY_TRAIN = {
-    "model": {"depth": 2, "width": 4},
-    "batch_size": 2,
-    "epochs": 2,
-    "patches_per_epoch": 4,
-    "val_patches": 2,
-    "threads": 1,
-}
-
-
 def folder_config(data: Path, ndim: int = 2, **sections) -> dict:
-    cfg = {
-        "experiment": "tiny",
-        "workflow": "semantic",
-        "ndim": ndim,
-        "seed": 3,
-        "data": {split: {"images": str(data / split / "images"), "labels": str(data / split / "labels")} for split in ("train", "val", "test")},
-        "targets": {"classes": 2, "binarize": True},
-        "train": {**TINY_TRAIN, "patch_size": [32, 32] if ndim == 2 else [8, 16, 16]},
-        "predict": {"tile_size": [32, 32] if ndim == 2 else [8, 16, 16], "threads": 1},
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value}
-    return cfg
+    return tiny_config(data, "semantic", "tiny", ndim, targets={"classes": 2, "binarize": True, **sections.pop("targets", {})}, **sections)
 
 
 @pytest.fixture(scope="module")
