@@ -54,7 +54,7 @@ CHECKPOINT_FORMAT = 1
 HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "seconds"]
 
 #: train.* keys that change how fast a run goes, not what it computes; a resumed run may differ in them
-RUNTIME_KEYS = ("device", "threads", "num_workers")
+RUNTIME_KEYS = ("device", "threads", "num_workers", "gpus")
 
 #: Monitors that are scores of the validation patches (higher is better) rather than losses.
 SCORE_MONITORS = ("iou", "f1")
@@ -616,16 +616,25 @@ def write_outputs(out_dir: Path, run: Run, spec: dict[str, Any], cfg: dict[str, 
 
 def train_model(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPair], val_pairs: Sequence[PathPair],
                 out_dir: str | Path, log: logging.Logger | None = None,
-                max_epochs_this_call: int | None = None) -> dict[str, Any]:
+                max_epochs_this_call: int | None = None, ddp: Any = None) -> dict[str, Any]:
     """Train the task's network on (normalized image zarr, target zarr) pairs; write outputs to ``out_dir``.
 
     ``max_epochs_this_call`` stops after that many epochs without writing the final
     outputs, as if the job had been killed (used to test resuming); the next call
     continues from ``out_dir/checkpoint/resume.pt``. Returns a summary of the run.
+
+    With ``train.gpus > 1`` the run is data-parallel: :func:`biapipe.ddp.launch` starts
+    that many processes, each of which calls this function again with ``ddp`` (its
+    :class:`biapipe.ddp.Rank`); only rank 0 writes files.
     """
     log = log or logger
     out_dir = Path(out_dir)
     tcfg = cfg["train"]
+    if ddp is None and int(tcfg.get("gpus", 1)) > 1:
+        from .ddp import launch
+
+        return launch(cfg, task, train_pairs, val_pairs, out_dir, log, max_epochs_this_call)
+    main = ddp is None or ddp.main
     with torch_settings(int(tcfg["threads"])):
         seed_everything(cfg["seed"])
         device = resolve_device(str(tcfg["device"]), "train.device")
@@ -637,9 +646,12 @@ def train_model(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPair]
         spec = model_spec_from_config(cfg, data.in_channels, task.out_channels())
         if not own:
             check_patch_size(tcfg["patch_size"], spec)
-        write_debug_samples(data.train, cfg, out_dir, log)
+        if main:
+            write_debug_samples(data.train, cfg, out_dir, log)
         fmt = memory_format(spec["ndim"], device)
         model = build_model(spec).to(device=device, memory_format=fmt)
+        if ddp is not None:
+            model = ddp.prepare(model, device)
         optimizer = make_optimizer(model, tcfg["optimizer"])
         steps = steps_per_epoch(len(data.train), int(tcfg["batch_size"]))
         amp = resolve_amp(str(tcfg.get("amp", "none")), device, log)
@@ -653,12 +665,15 @@ def train_model(cfg: dict[str, Any], task: Task, train_pairs: Sequence[PathPair]
         resume_path = out_dir / "checkpoint" / "resume.pt"
         try_resume(resume_path, run, fp, log)
         resumed_from = run.state.epoch
+        if ddp is not None:
+            ddp.wrap(model, device)
         log.info("training %dD %s (%d parameters) on %s: %d training, %d validation images", spec["ndim"],
                  spec["arch"], count_parameters(model), device, len(train_pairs), len(val_pairs))
-        finished = _run_epochs(run, data, loss_fn, cfg, task, monitor, resume_path, fp, log, max_epochs_this_call)
+        finished = _run_epochs(run, data, loss_fn, cfg, task, monitor, resume_path, fp, log, max_epochs_this_call,
+                               ddp)
         best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
             if run.state.history else (math.nan, math.nan)
-        if finished:
+        if finished and main:
             write_outputs(out_dir, run, spec, cfg, monitor)
             resume_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
@@ -706,8 +721,13 @@ def write_debug_samples(dataset: Any, cfg: dict[str, Any], out_dir: Path, log: l
 
 
 def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], task: Task, monitor: str,
-                resume_path: Path, fp: str, log: logging.Logger, max_epochs_this_call: int | None) -> bool:
-    """Run epochs until the last one, early stopping, or the per-call limit; True when training is over."""
+                resume_path: Path, fp: str, log: logging.Logger, max_epochs_this_call: int | None,
+                ddp: Any = None) -> bool:
+    """Run epochs until the last one, early stopping, or the per-call limit; True when training is over.
+
+    ``ddp`` (a :class:`biapipe.ddp.Rank`) trains on this rank's slices, validates on rank 0,
+    and hands every rank rank 0's numbers before any decision is taken.
+    """
     tcfg = cfg["train"]
     es = tcfg["early_stopping"]
     epochs = int(tcfg["epochs"])
@@ -720,12 +740,16 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], ta
         epoch = run.state.epoch + 1
         lr = current_lr(run.optimizer)
         data.train.set_epoch(epoch)
-        train_loss = train_epoch(run, loss_fn, data.train, tcfg, seed + epoch)
+        train_loss = (train_epoch if ddp is None else ddp.train_epoch)(run, loss_fn, data.train, tcfg, seed + epoch)
         scorer = ValidationScorer(task) if monitor in SCORE_MONITORS else None
-        val_loss = evaluate(run, loss_fn, data.val, tcfg, seed, scorer) if data.val is not None else math.nan
+        val_loss = (evaluate if ddp is None else ddp.evaluate)(run, loss_fn, data.val, tcfg, seed, scorer) \
+            if data.val is not None else math.nan
         row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr}
         if scorer is not None:
             row[f"val_{monitor}"] = scorer.result()[monitor]
+        if ddp is not None:
+            row = ddp.agree(row)
+            train_loss, val_loss = row["train_loss"], row["val_loss"]
         objective = _objective(row, monitor)
         if not math.isfinite(objective) or not math.isfinite(train_loss):
             raise ConfigError("train.optimizer.lr", f"training diverged at epoch {epoch} (loss is "
@@ -743,7 +767,8 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], ta
         if run.state.stopped:
             log.info("early stopping: no %s improvement above %g for %d epochs", monitor, es["min_delta"],
                      es["patience"])
-        save_resume(resume_path, run, fp)
+        if ddp is None or ddp.main:
+            save_resume(resume_path, run, fp)
         ran += 1
     return True
 
