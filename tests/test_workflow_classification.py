@@ -101,7 +101,7 @@ def test_flat_test_folder_is_predicted_not_scored(tmp_path):
         shutil.copy(image, data / "flat" / image.name)
     plan = planned_jobs(tmp_path, write_config(tmp_path / "c.yaml", folder_config(data, test="flat")))
     assert plan["predict"] == 3 and plan["postprocess"] == 3 and plan["classes_table"] == 1
-    assert "evaluate" not in plan and "aggregate" not in plan and "confusion_matrix" not in plan
+    assert "aggregate" not in plan and "confusion_matrix" not in plan
 
 
 def test_unknown_test_class_stops_at_parse(tmp_path):

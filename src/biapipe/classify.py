@@ -377,10 +377,6 @@ def class_probabilities(model: torch.nn.Module, image: np.ndarray, size: Sequenc
 # --------------------------------------------------------------------------- tables
 
 
-def probability_column(name: str) -> str:
-    return f"probability_{name}"
-
-
 def classes_table(per_image_csvs: Sequence[str | Path]) -> pd.DataFrame:
     """``classes.csv``: one row per image (named by its file), predicted class and probabilities."""
     rows = []

@@ -147,3 +147,15 @@ class BinaryChannelLoss(PerChannelLoss):
     def __init__(self, channels: int, weights: Sequence[float] | None = None,
                  bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
         super().__init__(["bce_dice"] * channels, weights, bce_weight, dice_weight)
+
+
+class OffsetLoss(nn.Module):
+    """``loss(logits + offset, target)``: the same constant the detection activation adds."""
+
+    def __init__(self, loss: nn.Module, offset: float) -> None:
+        super().__init__()
+        self.inner = loss
+        self.offset = float(offset)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.inner(logits + self.offset, target)

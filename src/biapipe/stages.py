@@ -42,14 +42,24 @@ def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
+    start = time.perf_counter()
     try:
         yield logger
+        # per-image rules carry no `benchmark:` (it slows planning of thousands of jobs): the log
+        # says how long the job took and the process's peak memory so far
+        logger.info("done in %.2f s (process peak RSS %.0f MiB)", time.perf_counter() - start, _peak_rss_mib())
     except Exception as exc:
         logger.error("%s: %s", type(exc).__name__, exc)
         raise
     finally:
         handler.close()
         logger.removeHandler(handler)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(name: str, *args: Any, log: str | None = None) -> None:
@@ -77,11 +87,38 @@ def demo_data(cfg: dict[str, Any]) -> None:
     make_demo_data(d["folder"], cfg["ndim"], d["n_train"], d["n_val"], d["n_test"], d["size"], cfg["seed"])
 
 
+# --------------------------------------------------------------------------- manifests
+
+
+def manifest(files: dict[str, list[str]], out_json: str) -> None:
+    """A rule's many inputs as one file (see workflow/rules/train.smk: keeps planning linear)."""
+    imageio.write_json(out_json, {k: [str(f) for f in v] for k, v in files.items()})
+
+
+def check_pixels(image_paths: Sequence[str], out_ok: str, cfg: dict[str, Any]) -> None:
+    """Scan float images for NaN/Inf block by block (bounded memory, large images too)."""
+    from .large.blocks import block_grid, choose_block_shape
+    from .large.lazy import open_lazy
+    from .normalize import check_finite
+
+    budget = float(cfg["predict"].get("memory_gb") or 4) * 2**30
+    for path in image_paths:
+        image = open_lazy(path, cfg["ndim"], cfg["data"]["axes"])
+        spatial = image.shape[:-1]
+        shape = choose_block_shape(spatial, image.chunks[:-1], budget, 4 * image.shape[-1])
+        for block in block_grid(spatial, shape):
+            check_finite(image[block.slices], path)
+    imageio.write_text(out_ok, f"{len(image_paths)} images without NaN/Inf\n")
+
+
 # --------------------------------------------------------------------------- normalize
 
 
-def normalize_stats(image_paths: Sequence[str], out_json: str, cfg: dict[str, Any]) -> None:
+def normalize_stats(manifest_json: str, out_json: str, cfg: dict[str, Any]) -> None:
+    """Dataset statistics of the training images listed in ``manifest_json`` (key ``images``)."""
     from .normalize import check_finite, dataset_stats
+
+    image_paths = imageio.read_json(manifest_json)["images"]
 
     def images() -> Iterator[np.ndarray]:
         for p in image_paths:
@@ -93,12 +130,8 @@ def normalize_stats(image_paths: Sequence[str], out_json: str, cfg: dict[str, An
 
 
 def normalize_image(image_path: str, out_zarr: str, cfg: dict[str, Any], stats_json: str | None = None) -> None:
-    from .normalize import check_finite, normalize
-
-    img = imageio.read_image(image_path, cfg["ndim"], cfg["data"]["axes"])
-    check_finite(img, image_path)
     stats = imageio.read_json(stats_json) if stats_json else None
-    out = normalize(img, cfg["normalize"], stats).astype(np.float32, copy=False)
+    out = normalized_image(image_path, cfg, stats)
     imageio.write_zarr(out_zarr, out, chunks=_chunks(out.shape, cfg["ndim"]), attrs={"source": str(image_path)})
 
 
@@ -158,18 +191,31 @@ def with_threads(cfg: dict[str, Any], section: str, threads: int | None) -> dict
     return {**cfg, section: {**cfg[section], "threads": int(threads)}}
 
 
-def predict(model_path: str, image_zarr: str, out_zarr: str, cfg: dict[str, Any], threads: int | None = None) -> None:
-    from .predict import load_predictor, predict_image
-
+def predict(model_path: str, image_path: str, out_zarr: str, cfg: dict[str, Any], threads: int | None = None,
+            stats_json: str | None = None, image_id: str | None = None, normalized: bool = False) -> None:
+    """Predict one image: a raw image is normalized here, in memory (test images have no
+    separate normalize job: one job less per image keeps planning for thousands of images
+    fast, and predict reruns whenever normalization would anyway); ``normalized`` images
+    (validation images, already normalized for training) are read as they are. Images that
+    ``predict.large_voxels`` / ``large_images`` mark as large go block by block."""
     cfg = with_threads(cfg, "predict", threads)
     task = get_task(cfg)
-    if hasattr(task, "predict_file"):  # whole-image tasks (classification): no tiling
-        task.predict_file(model_path, image_zarr, out_zarr)
+    stats = imageio.read_json(stats_json) if stats_json else None
+    if not normalized and is_large_image(image_path, image_id, cfg):
+        from .large.run import predict_large
+
+        predict_large(model_path, image_path, out_zarr, cfg, stats)
         return
+    image = imageio.read_array(image_path) if normalized else normalized_image(image_path, cfg, stats)
+    if hasattr(task, "predict_array"):  # whole-image tasks (classification): no tiling
+        task.predict_array(model_path, image, out_zarr)
+        return
+    from .predict import load_predictor, predict_image
+
     pcfg = cfg["predict"]
     predictor = load_predictor(model_path, pcfg["device"])
-    image = imageio.read_array(image_zarr).astype(np.float32, copy=False)
-    out = predict_image(predictor.model, image, pcfg, task.activate, predictor.divisor, predictor.device)
+    out = predict_image(predictor.model, image.astype(np.float32, copy=False), pcfg, task.activate,
+                        predictor.divisor, predictor.device)
     imageio.write_zarr(
         out_zarr,
         out.astype(np.float32, copy=False),
@@ -178,19 +224,109 @@ def predict(model_path: str, image_zarr: str, out_zarr: str, cfg: dict[str, Any]
     )
 
 
+def canonical_shape(image_path: str, cfg: dict[str, Any]) -> tuple[int, ...]:
+    """(Z)YXC shape of a raw image from its header (the lazy reader's axes rules)."""
+    from .large.lazy import open_lazy
+
+    return open_lazy(image_path, cfg["ndim"], cfg["data"]["axes"]).shape
+
+
+def block_ids(image_path: str, cfg: dict[str, Any]) -> list[int]:
+    """The prediction blocks of a large image, from its header (one block job each)."""
+    from .large.run import plan_for_shape
+
+    return [b.index for b in plan_for_shape(canonical_shape(image_path, cfg), get_task(cfg), cfg["predict"])[1]]
+
+
+def prepare_prediction(image_path: str, store: str, cfg: dict[str, Any], stats_json: str | None = None) -> None:
+    """Large image split across jobs: the empty prediction store and the image's statistics."""
+    from .large.run import prepare_prediction as prepare
+
+    prepare(image_path, store, cfg, imageio.read_json(stats_json) if stats_json else None)
+
+
+def predict_block(model_path: str, image_path: str, store: str, block: int, marker: str, cfg: dict[str, Any],
+                  threads: int | None = None) -> None:
+    """Large image split across jobs: one block into the shared store, then its marker file."""
+    from .large.run import predict_block_job
+
+    predict_block_job(model_path, image_path, store, [block], marker, with_threads(cfg, "predict", threads))
+
+
+def normalized_image(image_path: str, cfg: dict[str, Any], stats: dict[str, Any] | None = None) -> np.ndarray:
+    """A raw image read in canonical axes, checked for NaN/Inf and normalized (float32)."""
+    from .normalize import check_finite, normalize
+
+    img = imageio.read_image(image_path, cfg["ndim"], cfg["data"]["axes"])
+    check_finite(img, image_path)
+    return normalize(img, cfg["normalize"], stats).astype(np.float32, copy=False)
+
+
+def is_large_image(image_path: str, image_id: str | None, cfg: dict[str, Any]) -> bool:
+    """Whether ``predict.large_voxels``/``large_images`` send this image down the block-wise path."""
+    pcfg = cfg["predict"]
+    if not (pcfg.get("large_voxels") or pcfg.get("large_images")):
+        return False
+    from .large.run import is_large
+
+    return is_large(canonical_shape(image_path, cfg)[:-1], image_id or Path(image_path).name, pcfg)
+
+
 # --------------------------------------------------------------------------- postprocess / evaluate
 
 
 def postprocess(
-    pred_zarr: str, out_path: str, cfg: dict[str, Any], image_zarr: str | None = None, side: dict[str, str] | None = None
+    pred_zarr: str, out_path: str, cfg: dict[str, Any], image_path: str | None = None, side: dict[str, str] | None = None,
+    label: str | None = None, metrics_csv: str | None = None, image_id: str | None = None,
 ) -> None:
-    """Post-process one prediction; ``side`` names the task's extra outputs (e.g. object tables)."""
+    """Post-process one prediction and score it against ``label`` (when the image has one).
+
+    ``side`` names the task's extra outputs (e.g. object tables, whose mean intensities are
+    those of the raw image at ``image_path``). Scoring happens here, on the output still in
+    memory, rather than in a job of its own: one job less per image keeps planning thousands
+    of images fast (benchmarks/bench_dag.py), and post-processing is cheap next to the
+    prediction it starts from. Predictions made block by block (large images) are
+    post-processed and scored block by block.
+    """
     task = get_task(cfg)
+    image_id = image_id or Path(pred_zarr).name.removesuffix(".zarr")
+    if is_block_prediction(pred_zarr):
+        from .large.run import evaluate_large, postprocess_large
+
+        postprocess_large(pred_zarr, out_path, cfg, side, image_path)
+        if metrics_csv:
+            scores = evaluate_large(out_path, label, cfg) if label is not None else {}
+            imageio.write_csv(metrics_csv, pd.DataFrame([{"image": image_id, **scores}]))
+        return
     output = task.postprocess(imageio.read_array(pred_zarr))
     task.write_output(out_path, output)
     if side:
-        image = imageio.read_array(image_zarr) if image_zarr else None
+        image = imageio.read_image(image_path, cfg["ndim"], cfg["data"]["axes"]) if image_path else None
         task.write_side_outputs(side, output, image)
+    if metrics_csv:
+        write_metrics(task, output, label, metrics_csv, image_id, cfg, image_path)
+
+
+def write_metrics(task: Any, output: Any, label_path: str | None, out_csv: str, image_id: str, cfg: dict[str, Any],
+                  image_path: str | None = None) -> None:
+    """One row of scores for one image (only its id when it has no ground truth), plus the
+    task's per-object details."""
+    if label_path is None:
+        imageio.write_csv(out_csv, pd.DataFrame([{"image": image_id}]))
+        return
+    shape = image_shape(image_path, cfg) if image_path else None
+    label = task.read_label(label_path, shape) if shape else imageio.read_label(label_path, cfg["ndim"])
+    row = {"image": image_id, **task.evaluate(output, label)}
+    # details first: the metrics file is the rule's output, so when it exists the details do too
+    task.write_details(out_csv, output, label)
+    imageio.write_csv(out_csv, pd.DataFrame([row]))
+
+
+def is_block_prediction(pred_zarr: str) -> bool:
+    """Whether a prediction store was written block by block (large image): its attrs say so."""
+    import zarr
+
+    return "blocks" in zarr.open_array(str(pred_zarr), mode="r").attrs
 
 
 def tune(prediction_zarrs: Sequence[str], label_paths: Sequence[str], out_json: str, cfg: dict[str, Any]) -> None:
@@ -200,14 +336,14 @@ def tune(prediction_zarrs: Sequence[str], label_paths: Sequence[str], out_json: 
 def evaluate(
     output_path: str, label_path: str, out_csv: str, image_id: str, cfg: dict[str, Any], image_path: str | None = None
 ) -> None:
+    """Score a post-processed output file (what ``biapipe evaluate`` does for a folder)."""
     task = get_task(cfg)
-    output = task.read_output(output_path)
-    shape = image_shape(image_path, cfg) if image_path else None
-    label = task.read_label(label_path, shape) if shape else imageio.read_label(label_path, cfg["ndim"])
-    row = {"image": image_id, **task.evaluate(output, label)}
-    # details first: the metrics file is the rule's output, so when it exists the details do too
-    task.write_details(out_csv, output, label)
-    imageio.write_csv(out_csv, pd.DataFrame([row]))
+    if str(output_path).endswith(".ome.zarr"):  # large image: counted block by block
+        from .large.run import evaluate_large
+
+        imageio.write_csv(out_csv, pd.DataFrame([{"image": image_id, **evaluate_large(output_path, label_path, cfg)}]))
+        return
+    write_metrics(task, task.read_output(output_path), label_path, out_csv, image_id, cfg, image_path)
 
 
 def aggregate(metric_csvs: Sequence[str], out_metrics: str, out_summary: str, cfg: dict[str, Any]) -> None:
@@ -239,11 +375,15 @@ def confusion_matrix(metrics_csv: str, out_csv: str, out_png: str, cfg: dict[str
 
 
 STAGES = {
+    "manifest": manifest,
+    "check_pixels": check_pixels,
     "demo_data": demo_data,
     "normalize_stats": normalize_stats,
     "normalize": normalize_image,
     "targets": make_targets,
     "predict": predict,
+    "prepare_prediction": prepare_prediction,
+    "predict_block": predict_block,
     "postprocess": postprocess,
     "tune": tune,
     "evaluate": evaluate,

@@ -99,13 +99,14 @@ def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -
     return hit
 
 
-def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> None:
+def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> np.dtype:
+    """Header checks of one sample; returns the image dtype (float images need a pixel scan)."""
     ndim = cfg["ndim"]
     shape, dtype = cache.get(sample.image)
     check_image_dtype(dtype, sample.image)
     img_shape = spatial_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
     if not labels_are_files(cfg["workflow"]):
-        return  # classification: the label is a class name (checked at discovery); images are resized, never padded
+        return dtype  # classification: the label is a class name (checked at discovery); images are resized, never padded
     if sample.label is not None and not sample.label.lower().endswith(".csv"):  # point tables: checked when read
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":
@@ -122,13 +123,18 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache) -> None
                 sample.image,
                 f"image of shape {img_shape} is smaller than train.patch_size {list(patch)}; set train.pad: true or use a smaller patch",
             )
+    return dtype
 
 
-def check_dataset(ds: Dataset, cfg: dict[str, Any], cache_path: str | Path | None = None) -> None:
-    """Raise InputError for the first sample whose files are unusable."""
+def check_dataset(ds: Dataset, cfg: dict[str, Any], cache_path: str | Path | None = None) -> list[str]:
+    """Raise InputError for the first sample whose files are unusable; returns the ids of the
+    float images, the only ones that can hold NaN/Inf (their pixels are scanned by a job)."""
     cache = ProbeCache(cache_path)
+    floats = []
     try:
         for sample in ds.all():
-            check_sample(sample, cfg, cache)
+            if check_sample(sample, cfg, cache).kind in "fc":
+                floats.append(sample.id)
     finally:
         cache.save()
+    return floats

@@ -1,5 +1,6 @@
 # Config validation, sample discovery and input functions shared by all rules.
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -62,8 +63,7 @@ try:
     CFG = validate_config(_load_config(config))
     DS = discover(CFG)
     CFG = with_classes(CFG, DS)  # classification: class names from the folders, same in every job
-    if not CFG["data"]["demo"]:
-        check_dataset(DS, CFG, cache_path=".snakemake/biapipe/probe-cache.json")
+    FLOAT_IDS = [] if CFG["data"]["demo"] else check_dataset(DS, CFG, cache_path=".snakemake/biapipe/probe-cache.json")
 except BiapipeError as exc:
     sys.exit(f"biapipe: {exc}")
 # Scripts read the validated config, defaults included, as snakemake.config.
@@ -87,11 +87,25 @@ if TASK.tuning_file() and not VAL_IDS:
     sys.exit(f"biapipe: config section 'postprocess.{CFG['workflow']}' asks for tuned thresholds, which need validation images (data.val or train.val_fraction > 0)")
 
 
+def _train_resources():
+    """One GPU as the `gpu` resource (what profiles count and limit per job); several
+    (train.gpus, data-parallel) as a SLURM gres, since the profiles cap `gpu` at one per job
+    so that grouped predict jobs never ask for more (docs/cluster.md)."""
+    gpus = int(CFG["train"].get("gpus", 1))
+    return {"gpu": 1} if gpus == 1 else {"gpu": 0, "gres": f"gpu:{gpus}"}
+
+
 def _train_params():
     """Everything that changes the trained weights (threads and device placement do not)."""
-    params = {k: v for k, v in CFG["train"].items() if k not in ("threads", "device", "num_workers")}
+    params = {k: v for k, v in CFG["train"].items() if k not in ("threads", "device", "num_workers", "gpus")}
     params["augment"] = {k: v for k, v in params["augment"].items() if k != "debug_samples"}
     return params
+
+
+# Planning cost grows with every input item and input function of every per-image job
+# (Snakemake searches a producer for each input file and inspects each function's signature),
+# so per-image rules list only the files whose change must rerun them; files a job merely reads
+# for their header travel as params (benchmarks/bench_dag.py measures this).
 
 
 def image_of(wildcards):
@@ -101,7 +115,7 @@ def image_of(wildcards):
 def label_of(wildcards):
     """The label file as an input; none for classification, whose label is a class name."""
     label = SAMPLES[wildcards.image].label
-    return label if labels_are_files(CFG["workflow"]) else []
+    return label if label is not None and labels_are_files(CFG["workflow"]) else []
 
 
 def label_value(wildcards):
@@ -109,14 +123,57 @@ def label_value(wildcards):
     return SAMPLES[wildcards.image].label
 
 
-def stats_input(wildcards):
-    return [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" else []
+# A class name is no file, so for classification it reruns evaluation as a param; label files
+# are inputs already (and a function param per job would only slow planning).
+LABEL_PARAM = {} if labels_are_files(CFG["workflow"]) else {"label": label_value}
 
 
-def tuning_input(wildcards):
-    """The tuned-thresholds file, when post-processing is configured to use one."""
-    path = TASK.tuning_file()
-    return [path] if path else []
+# Test images are normalized inside predict, after training; float ones (the only ones that can
+# hold NaN/Inf) get their pixels scanned by one job that training waits for, so bad input
+# still stops the run before compute is spent (rules/data.smk).
+FLOAT_TEST_IDS = [i for i in TEST_IDS if i in set(FLOAT_IDS)]
+PIXEL_CHECK = [f"{OUT}/checks/test_pixels.ok"] if FLOAT_TEST_IDS else []
+STATS_INPUT = [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" else []
+# What changes predictions (threads, device and the large-image memory plan do not).
+PREDICT_PARAMS = {k: CFG["predict"][k] for k in ("mode", "tile_size", "overlap", "blend", "precision", "trim", "tta")}
+
+# Large images (predict.large_voxels / large_images) are predicted and post-processed block
+# by block (biapipe.large); with predict.split they are also split across jobs (rules/large.smk).
+# Block plans come from the image headers, so they are known when the DAG is built.
+LARGE_IDS = [i for i in TEST_IDS if stages.is_large_image(SAMPLES[i].image, i, CFG)] if TASK.name != "classification" else []
+SPLIT_IDS = [i for i in LARGE_IDS if CFG["predict"]["split"] != 1]
+BLOCKS = {i: stages.block_ids(SAMPLES[i].image, CFG) for i in SPLIT_IDS}
+
+
+def _id_regex(ids, exclude=False, suffix=""):
+    """A wildcard regex for exactly ``ids``, or for every image but them. Snakemake embeds it
+    in the whole output pattern, so the exclusion looks ahead to the ``suffix`` that follows
+    the wildcard there and the end of the path."""
+    alternatives = "|".join(re.escape(i) for i in ids)
+    if exclude:
+        return rf"(?!(?:{alternatives}){re.escape(suffix)}$)[^/]+" if ids else r"[^/]+"
+    return rf"(?:{alternatives})"
+
+
+NOT_SPLIT = _id_regex(SPLIT_IDS, exclude=True, suffix=".zarr")  # predictions/{image}.zarr
+NOT_LARGE = _id_regex(LARGE_IDS, exclude=True, suffix=TASK.output_suffix)  # {output_dir}/{image}{suffix}
+# Large segmentation outputs are OME-Zarr (NGFF viewers open them lazily); points stay CSV.
+LARGE_SUFFIX = ".ome.zarr" if TASK.output_suffix == ".tif" else TASK.output_suffix
+
+
+def output_path(image_id):
+    """The post-processed output of one test image (large ones are OME-Zarr)."""
+    suffix = LARGE_SUFFIX if image_id in LARGE_IDS else TASK.output_suffix
+    return f"{OUT}/{TASK.output_dir}/{image_id}{suffix}"
+
+
+def block_markers(wildcards):
+    """Split large images: one marker per prediction block job (rules/large.smk)."""
+    ids = BLOCKS.get(wildcards.image, [])
+    return [f"{OUT}/large/{wildcards.image}/predict/{b}.done" for b in ids]
+TUNING_INPUT = [TASK.tuning_file()] if TASK.tuning_file() else []
+# Post-processing reads the raw image only for side outputs (per-object mean intensities).
+IMAGE_FOR_POSTPROCESS = image_of if TASK.side_outputs else []
 
 
 def side_outputs(output):
@@ -126,7 +183,7 @@ def side_outputs(output):
 def final_outputs():
     task = TASK
     outs = [f"{OUT}/model/best.pt", f"{OUT}/model/training_curve.png"]
-    outs += [f"{OUT}/{task.output_dir}/{i}{task.output_suffix}" for i in TEST_IDS]
+    outs += [output_path(i) for i in TEST_IDS]
     if SCORED_IDS:
         outs += [f"{OUT}/metrics.csv", f"{OUT}/summary.csv"]
     if CFG["workflow"] == "classification":  # rules/classification.smk

@@ -17,9 +17,19 @@ if CFG["data"]["demo"]:
             stages.run("demo_data", CFG, log=log[0])
 
 
+rule normalize_stats_inputs:  # one file, not thousands, as the input of normalize_stats (rules/train.smk)
+    input:
+        images=[SAMPLES[i].image for i in TRAIN_IDS],
+    output:
+        f"{OUT}/normalize/inputs.json",
+    localrule: True
+    run:
+        stages.run("manifest", {"images": list(input.images)}, output[0])
+
+
 rule normalize_stats:
     input:
-        [SAMPLES[i].image for i in TRAIN_IDS],
+        rules.normalize_stats_inputs.output[0],
     output:
         f"{OUT}/normalize/stats.json",
     params:
@@ -29,13 +39,13 @@ rule normalize_stats:
     benchmark:
         f"{OUT}/benchmarks/normalize_stats.tsv"
     run:
-        stages.run("normalize_stats", list(input), output[0], CFG, log=log[0])
+        stages.run("normalize_stats", input[0], output[0], CFG, log=log[0])
 
 
 rule normalize:
     input:
         image=image_of,
-        stats=stats_input,
+        stats=STATS_INPUT,
     output:
         directory(f"{OUT}/normalized/{{image}}.zarr"),
     params:
@@ -43,8 +53,6 @@ rule normalize:
         axes=CFG["data"]["axes"],
     log:
         f"{OUT}/logs/normalize/{{image}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/normalize/{{image}}.tsv"
     priority: 50
     run:
         stages.run("normalize", input.image, output[0], CFG, *input.stats, log=log[0])
@@ -53,17 +61,29 @@ rule normalize:
 rule targets:
     input:
         label=label_of,
-        image=image_of,
+        image=image_of,  # its header gives the shape points are drawn into
     output:
         directory(f"{OUT}/targets/{{image}}.zarr"),
     params:
         workflow=CFG["workflow"],
         targets=CFG["targets"],
-        label=label_value,
+        **LABEL_PARAM,
     log:
         f"{OUT}/logs/targets/{{image}}.log",
-    benchmark:
-        f"{OUT}/benchmarks/targets/{{image}}.tsv"
     priority: 50
     run:
         stages.run("targets", label_value(wildcards), input.image, output[0], CFG, log=log[0])
+
+
+if FLOAT_TEST_IDS:
+
+    rule check_test_pixels:
+        input:
+            [SAMPLES[i].image for i in FLOAT_TEST_IDS],
+        output:
+            PIXEL_CHECK[0],
+        log:
+            f"{OUT}/logs/check_test_pixels.log",
+        priority: 100
+        run:
+            stages.run("check_pixels", list(input), output[0], CFG, log=log[0])

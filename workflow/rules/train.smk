@@ -1,12 +1,26 @@
 # Training: one job per experiment, on a GPU when there is one.
 
 
-rule train:
+# The training set as one file. Snakemake checks, for every job that needs the model, whether
+# the model is among train's own inputs (a list scan), so listing thousands of images on train
+# itself makes planning cost (test images x training images); the manifest keeps it linear.
+rule train_inputs:
     input:
         train_images=expand(f"{OUT}/normalized/{{image}}.zarr", image=TRAIN_IDS),
         train_targets=expand(f"{OUT}/targets/{{image}}.zarr", image=TRAIN_IDS),
         val_images=expand(f"{OUT}/normalized/{{image}}.zarr", image=VAL_IDS),
         val_targets=expand(f"{OUT}/targets/{{image}}.zarr", image=VAL_IDS),
+        pixel_check=PIXEL_CHECK,
+    output:
+        f"{OUT}/model/inputs.json",
+    localrule: True
+    run:
+        stages.run("manifest", {k: list(v) for k, v in input.items() if k != "pixel_check"}, output[0])
+
+
+rule train:
+    input:
+        manifest=rules.train_inputs.output[0],
     output:
         best=f"{OUT}/model/best.pt",
         last=f"{OUT}/model/last.pt",
@@ -20,7 +34,7 @@ rule train:
         ndim=CFG["ndim"],
     threads: CFG["train"]["threads"]
     resources:
-        gpu=1,
+        **_train_resources(),
     log:
         f"{OUT}/logs/train.log",
     benchmark:

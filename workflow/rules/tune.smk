@@ -4,16 +4,23 @@
 if TASK.tuning_file():
 
     # Validation images are normalized for training, so predicting them inside the per_image
-    # group would put train between two jobs of one group; they get their own rule and group.
-    use rule predict as predict_for_tuning with:
+    # group would put train between two jobs of one group; they get their own rule (and, on a
+    # cluster, their own group: profiles/slurm).
+    rule predict_for_tuning:
+        input:
+            model=f"{OUT}/model/best.pt",
+            image=f"{OUT}/normalized/{{image}}.zarr",
         output:
             directory(f"{OUT}/tuning/predictions/{{image}}.zarr"),
+        params:
+            predict=PREDICT_PARAMS,
+        threads: CFG["predict"]["threads"]
+        resources:
+            gpu=1,
         log:
             f"{OUT}/logs/tuning/predict/{{image}}.log",
-        benchmark:
-            f"{OUT}/benchmarks/tuning/predict/{{image}}.tsv"
-        group:
-            "tuning"
+        run:
+            stages.run("predict", input.model, input.image, output[0], CFG, threads, None, wildcards.image, True, log=log[0])
 
     rule tune:
         input:

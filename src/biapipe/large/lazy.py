@@ -184,3 +184,53 @@ def check_chunk_budget(image: LazyImage, memory_bytes: float) -> None:
             f"budget ({memory_bytes / 2**30:.2f} GiB); reads will be slow, consider rechunking",
             stacklevel=2,
         )
+
+
+# --------------------------------------------------------------------------- normalization on the fly
+
+
+class NormalizedImage:
+    """A :class:`LazyImage` normalized region by region with fixed statistics.
+
+    Large images are never written out normalized: a float32 copy would be twice the size of
+    a uint16 volume on disk. Every tile read applies the same affine map instead, so the
+    result equals normalizing the whole volume with the same statistics.
+    """
+
+    def __init__(self, image: LazyImage, cfg_normalize: dict[str, Any], stats: dict[str, Any]) -> None:
+        self.image, self.cfg, self.stats = image, cfg_normalize, stats
+        self.shape, self.chunks, self.path = image.shape, image.chunks, image.path
+        self.dtype = np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return self.image.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        from ..normalize import check_finite, normalize
+
+        region = self.image[key]
+        check_finite(region, self.path)
+        return normalize(region, self.cfg, self.stats)
+
+
+def lazy_stats(image: LazyImage, cfg_normalize: dict[str, Any], memory_bytes: float) -> dict[str, Any]:
+    """Normalization statistics of one large image, read block by block within the budget.
+
+    minmax, zscore and dtype_max are exact; percentiles come from the same bounded random
+    pool as dataset statistics (biapipe.normalize.dataset_stats), here over the blocks.
+    """
+    from ..normalize import check_finite, dataset_stats
+    from .blocks import block_grid, choose_block_shape
+
+    spatial = image.shape[:-1]
+    chunks = image.chunks[:-1]
+    block_shape = choose_block_shape(spatial, chunks, memory_bytes, 4 * image.shape[-1])
+
+    def blocks() -> Any:
+        for block in block_grid(spatial, block_shape):
+            region = image[block.slices]
+            check_finite(region, image.path)
+            yield region
+
+    return dataset_stats(blocks(), cfg_normalize)

@@ -20,7 +20,7 @@ from .. import imageio
 from ..errors import ConfigError
 from ..omezarr import create_ome_zarr
 from .blocks import Block
-from .lazy import LazyImage, check_chunk_budget, open_lazy
+from .lazy import LazyImage, NormalizedImage, check_chunk_budget, lazy_stats, open_lazy
 from .predict import BlockPredictor, create_prediction_store, plan_blocks, predict_into, prediction_chunks
 
 DEFAULT_MEMORY_GB = 4.0
@@ -52,9 +52,12 @@ def halo(pcfg: dict[str, Any], ndim: int) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- prediction
 
 
-def _predictor(model_path: str | Path, image: LazyImage, task: Any, pcfg: dict[str, Any]) -> BlockPredictor:
+def _predictor(model_path: str | Path, image: Any, task: Any, pcfg: dict[str, Any]) -> BlockPredictor:
+    import torch
+
     from ..predict import _precision, _tile_size, load_predictor, make_batch_fn
 
+    torch.set_num_threads(int(pcfg.get("threads", torch.get_num_threads())))
     loaded = load_predictor(model_path, pcfg.get("device", "auto"))
     dev = loaded.device
     fn = make_batch_fn(loaded.model, task.activate, dev, channels_last=dev.type == "cpu",
@@ -64,47 +67,65 @@ def _predictor(model_path: str | Path, image: LazyImage, task: Any, pcfg: dict[s
                           float(pcfg.get("trim", 0.25)))
 
 
-def prediction_plan(image: LazyImage, task: Any, pcfg: dict[str, Any]) -> tuple[tuple[int, ...], list[Block]]:
+def prediction_plan(image: Any, task: Any, pcfg: dict[str, Any]) -> tuple[tuple[int, ...], list[Block]]:
     """Output shape (Z)YXC and its chunk-aligned blocks."""
-    out_shape = image.shape[:-1] + (task.out_channels(),)
-    chunks = prediction_chunks(out_shape, image.ndim - 1)
-    blocks = plan_blocks(out_shape[:-1], chunks[:-1], image.shape[-1], out_shape[-1], memory_bytes(pcfg) / 2**30,
+    return plan_for_shape(image.shape, task, pcfg)
+
+
+def plan_for_shape(shape: Sequence[int], task: Any, pcfg: dict[str, Any]) -> tuple[tuple[int, ...], list[Block]]:
+    """The plan of an input of canonical (Z)YXC ``shape``; from a header alone, so the workflow
+    knows the block jobs of a volume when it builds the DAG."""
+    shape = tuple(int(s) for s in shape)
+    out_shape = shape[:-1] + (task.out_channels(),)
+    chunks = prediction_chunks(out_shape, len(shape) - 1)
+    blocks = plan_blocks(out_shape[:-1], chunks[:-1], shape[-1], out_shape[-1], memory_bytes(pcfg) / 2**30,
                          pcfg.get("split"))
     return out_shape, blocks
 
 
-def open_input(image_path: str | Path, cfg: dict[str, Any]) -> LazyImage:
-    """Normalized inputs are (Z)YXC; raw ones follow ``data.axes``. Checked against the budget."""
-    axes = None if str(image_path).endswith(".zarr") and "normalized" in str(image_path) else cfg["data"].get("axes")
-    image = open_lazy(image_path, cfg["ndim"], axes)
+def open_raw(image_path: str | Path, cfg: dict[str, Any]) -> LazyImage:
+    """A raw input image in the order ``data.axes`` gives, checked against the memory budget."""
+    image = open_lazy(image_path, cfg["ndim"], cfg["data"].get("axes"))
     check_chunk_budget(image, memory_bytes(cfg["predict"]))
     return image
 
 
-def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str | Path, cfg: dict[str, Any]) -> int:
-    """Predict one volume block by block into ``out_zarr`` (atomic); returns the number of blocks."""
+def open_normalized(image_path: str | Path, cfg: dict[str, Any], stats: dict[str, Any] | None = None) -> NormalizedImage:
+    """The raw image normalized tile by tile; ``stats`` (dataset scope) or its own, read by blocks."""
+    image = open_raw(image_path, cfg)
+    if stats is None:
+        stats = lazy_stats(image, cfg["normalize"], memory_bytes(cfg["predict"]))
+    return NormalizedImage(image, cfg["normalize"], stats)
+
+
+def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str | Path, cfg: dict[str, Any],
+                  stats: dict[str, Any] | None = None) -> int:
+    """Predict one raw volume block by block into ``out_zarr`` (atomic); returns the number of blocks."""
     from ..tasks import get_task
 
     task, pcfg = get_task(cfg), cfg["predict"]
-    image = open_input(image_path, cfg)
+    image = open_normalized(image_path, cfg, stats)
     out_shape, blocks = prediction_plan(image, task, pcfg)
     predictor = _predictor(model_path, image, task, pcfg)
     with imageio.atomic_path(out_zarr) as tmp:
         out = create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1),
-                                      {"model": str(model_path), "blocks": len(blocks)})
+                                      {"model": str(model_path), "blocks": len(blocks), "normalize": image.stats})
         predict_into(predictor, out, blocks)
     return len(blocks)
 
 
-def prepare_prediction(image_path: str | Path, store: str | Path, cfg: dict[str, Any]) -> list[int]:
-    """Create the empty output store that block jobs fill; returns the block indices."""
+def prepare_prediction(image_path: str | Path, store: str | Path, cfg: dict[str, Any],
+                       stats: dict[str, Any] | None = None) -> list[int]:
+    """Create the empty output store that block jobs fill, with the image's normalization
+    statistics in its attributes (computed once, so every block job normalizes alike);
+    returns the block indices."""
     from ..tasks import get_task
 
-    image = open_input(image_path, cfg)
+    image = open_normalized(image_path, cfg, stats)
     out_shape, blocks = prediction_plan(image, get_task(cfg), cfg["predict"])
-    if Path(store).exists():
-        shutil.rmtree(store)
-    create_prediction_store(store, out_shape, prediction_chunks(out_shape, image.ndim - 1), {"blocks": len(blocks)})
+    with imageio.atomic_path(store) as tmp:
+        create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1),
+                                {"blocks": len(blocks), "normalize": image.stats})
     return [b.index for b in blocks]
 
 
@@ -116,19 +137,26 @@ def predict_block_job(model_path: str | Path, image_path: str | Path, store: str
     from ..tasks import get_task
 
     task = get_task(cfg)
-    image = open_input(image_path, cfg)
+    out = zarr.open_array(str(store), mode="r+")
+    image = open_normalized(image_path, cfg, dict(out.attrs)["normalize"])
     _, blocks = prediction_plan(image, task, cfg["predict"])
+    if len(blocks) != int(out.attrs["blocks"]):
+        raise ConfigError("predict.memory_gb", f"{image_path}: the block plan ({len(blocks)} blocks) differs from the "
+                          f"one the store was made for ({out.attrs['blocks']}); rerun the whole image")
     chosen = [b for b in blocks if b.index in set(int(i) for i in block_ids)]
-    predict_into(_predictor(model_path, image, task, cfg["predict"]), zarr.open_array(str(store), mode="r+"), chosen)
+    predict_into(_predictor(model_path, image, task, cfg["predict"]), out, chosen)
     imageio.write_text(marker, f"{len(chosen)} blocks\n")
 
 
 # --------------------------------------------------------------------------- post-processing
 
 
-def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str, Any]) -> int:
+def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str, Any],
+                      side: dict[str, str] | None = None, image_path: str | Path | None = None) -> int:
     """Semantic masks or instance labels of a prediction Zarr, block by block, written as OME-Zarr
-    at ``out_path`` (``*.ome.zarr``) or as a BigTIFF streamed plane by plane (``*.tif``)."""
+    at ``out_path`` (``*.ome.zarr``) or as a BigTIFF streamed plane by plane (``*.tif``).
+    ``side`` names the task's extra outputs (the instance object table, with mean intensities
+    of the raw image at ``image_path``)."""
     import zarr
 
     from ..tasks import get_task
@@ -147,6 +175,11 @@ def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str
         out = create_ome_zarr(omez, spatial, dtype, chunks, "zyx"[3 - len(spatial):], cfg["data"].get("voxel_size"),
                               name=Path(out_path).name)
         n = _postprocess_into(task, pred, out, blocks, work, pcfg)
+        if side and "objects" in side:
+            from .objects import object_table_blocks
+
+            image = open_raw(image_path, cfg) if image_path else None
+            imageio.write_csv(side["objects"], object_table_blocks(out, blocks, n, image, task.voxel_size))
         _publish(omez, out, out_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -195,3 +228,46 @@ def _publish(omez: Path, out: Any, out_path: str | Path) -> None:
     with imageio.atomic_path(out_path) as tmp:
         tifffile.imwrite(tmp, planes(), shape=tuple(out.shape), dtype=out.dtype, bigtiff=True,
                          compression="zlib")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+class _Spatial:
+    """A single-channel lazy image seen without its channel axis (label volumes)."""
+
+    def __init__(self, image: LazyImage) -> None:
+        if image.shape[-1] != 1:
+            raise ConfigError("data", f"{image.path}: a label volume must have one channel, found {image.shape[-1]}")
+        self.image, self.shape, self.chunks = image, image.shape[:-1], image.chunks[:-1]
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        return self.image[tuple(key) + (slice(None),)][..., 0]
+
+
+def evaluate_large(output_path: str | Path, label_path: str | Path, cfg: dict[str, Any]) -> dict[str, float]:
+    """Metrics of a block-wise output against a ground truth that may be larger than memory,
+    from counts summed block by block (equal to the whole-volume figures)."""
+    from ..tasks import get_task
+    from .blocks import block_grid, choose_block_shape
+    from .metrics import instance_metrics_blocks, semantic_metrics_blocks
+
+    task, ndim = get_task(cfg), cfg["ndim"]
+    pred = _Spatial(open_lazy(output_path, ndim))
+    gt = _Spatial(open_lazy(label_path, ndim))
+    # int64 prediction + ground truth + their mapped copies and pair keys per voxel
+    blocks = block_grid(pred.shape, choose_block_shape(pred.shape, pred.chunks, memory_bytes(cfg["predict"]), 8))
+    if task.name == "semantic":
+        from ..tasks.semantic import IGNORE
+
+        def classes(g: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+            c = task.class_map(g, label_path)
+            ignored = c == IGNORE
+            c[ignored] = 0
+            return c, (ignored if ignored.any() else None)
+
+        return semantic_metrics_blocks(pred, gt, task.n_classes, blocks, classes)
+    if task.name == "instance":
+        return instance_metrics_blocks(pred, gt, blocks, task.iou_thresholds,
+                                       lambda g: np.asarray(g).astype(np.uint32, copy=False))
+    raise NotImplementedError(f"block-wise metrics for workflow '{task.name}'")

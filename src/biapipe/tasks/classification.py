@@ -7,7 +7,7 @@ and how names map to indices). The generic stages carry it through unchanged:
   training rule and its inputs are those of every other workflow;
 - train: the generic loop, fed by :meth:`ClassificationTask.build_datasets` with whole
   images resized to ``train.patch_size`` and a (class-weighted) cross-entropy;
-- predict: :meth:`ClassificationTask.predict_file` runs one forward pass per image (no
+- predict: :meth:`ClassificationTask.predict_array` runs one forward pass per image (no
   tiling) and stores the class probabilities as a 1-D ``predictions/{image}.zarr``;
 - postprocess: ``classes/{image}.csv`` with the predicted class and probabilities,
   gathered into ``classes.csv``;
@@ -21,15 +21,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not pay for it
+    import torch
 
 from .. import imageio
-from ..classify import (ClassificationLoss, build_classify_datasets, class_probabilities, class_weights,
-                        probability_column, read_normalized)
 from ..errors import ConfigError, InputError
 from ..metrics.classification import classification_metrics, confusion_matrix
 from .base import Task
@@ -92,29 +92,39 @@ class ClassificationTask(Task):
                        val_pairs: Sequence[tuple[str | Path, str | Path]]) -> Any:
         """Whole images resized to train.patch_size (the training loop calls this instead of
         drawing patches); remembers the class counts for balanced loss weights."""
+        from ..classify import build_classify_datasets
+
         data = build_classify_datasets(cfg, self.out_channels(), train_pairs, val_pairs)
         self.class_counts = data.class_counts
         return data
 
     def loss(self) -> torch.nn.Module:
+        from ..classify import ClassificationLoss, class_weights
+
         setting = self.cfg["train"]["loss"].get("class_weights")
         return ClassificationLoss(class_weights(setting, self.class_counts, self.out_channels()))
 
     # ------------------------------------------------------------------ prediction side
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.softmax(logits, dim=1)
 
-    def predict_file(self, model_path: str | Path, image_zarr: str | Path, out_zarr: str | Path) -> None:
-        """One forward pass of the whole (resized) image; writes the K class probabilities."""
+    def predict_array(self, model_path: str | Path, image: np.ndarray, out_zarr: str | Path) -> None:
+        """One forward pass of the whole (resized) normalized image; writes the K class probabilities."""
         from ..predict import load_predictor
 
         pcfg = self.cfg["predict"]
         predictor = load_predictor(model_path, pcfg["device"])
         spec = predictor.spec
         self._check_model(model_path, spec)
-        image = read_normalized(image_zarr, self.ndim)
+        image = np.asarray(image, dtype=np.float32)
         if image.shape[-1] != spec["in_channels"]:
-            raise InputError(image_zarr, f"has {image.shape[-1]} channels but the model expects {spec['in_channels']}")
+            raise InputError(out_zarr, f"input image has {image.shape[-1]} channels but the model expects {spec['in_channels']}")
+        import torch
+
+        from ..classify import class_probabilities
+
         torch.set_num_threads(int(pcfg["threads"]))
         probs = class_probabilities(predictor.model, image, spec["input_size"], predictor.device)
         imageio.write_zarr(out_zarr, probs, attrs={"classes": list(spec["classes"]), "checkpoint": str(model_path),
@@ -231,3 +241,8 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
     imageio.write_csv(out.with_name(f"{out.stem}_summary.csv"), summary)
     imageio.write_csv(out.with_name(f"{out.stem}_confusion_matrix.csv"), confusion_table(task.confusion(table), classes))
     return summary
+
+
+def probability_column(name: str) -> str:
+    """The classes.csv column holding the probability of class ``name``."""
+    return f"probability_{name}"

@@ -19,11 +19,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not pay for it
+    import torch
 
 from .. import imageio
 from ..errors import ConfigError, InputError
@@ -89,7 +91,7 @@ class DetectionTask(Task):
         return np.asarray(target).max(axis=-1) >= 0.5
 
     def loss(self) -> torch.nn.Module:
-        from ..losses import PerChannelLoss  # lazy: keeps prediction-only imports light
+        from ..losses import OffsetLoss, PerChannelLoss  # lazy: keeps prediction-only imports light
 
         weights = self.cfg.get("train", {}).get("loss", {})
         loss = PerChannelLoss([self.loss_kind] * self.out_channels(), bce_weight=weights.get("ce", 1.0),
@@ -98,6 +100,8 @@ class DetectionTask(Task):
 
     # ------------------------------------------------------------------ prediction side
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         if self.loss_kind in SIGMOID_KINDS:
             return torch.sigmoid(logits + self.logit_offset)
         return logits.clamp(0.0, 1.0)
@@ -167,18 +171,6 @@ class DetectionTask(Task):
         result = self.tune(predictions, labels)
         imageio.write_json(out_json or tuned_threshold_path(self.cfg), result)
         return result
-
-
-class OffsetLoss(torch.nn.Module):
-    """``loss(logits + offset, target)``: the same constant the activation adds."""
-
-    def __init__(self, loss: torch.nn.Module, offset: float) -> None:
-        super().__init__()
-        self.inner = loss
-        self.offset = float(offset)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.inner(logits + self.offset, target)
 
 
 def _class_names(values: list[Any] | None) -> list[str] | None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not pay for it
+    import torch
 
 from .. import imageio
 from ..errors import ConfigError, InputError
@@ -92,6 +94,8 @@ class InstanceTask(Task):
 
     # ------------------------------------------------------------------ prediction side
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         parts = []
         for c, (name, kind) in enumerate(zip(self.channels, self.loss_kinds)):
             x = logits[:, c:c + 1]

@@ -8,11 +8,13 @@ the ground truth at evaluation time, so training and scoring agree on what a cla
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
+
+if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not pay for it
+    import torch
 
 from .. import imageio
 from ..errors import InputError
@@ -85,6 +87,8 @@ class SemanticTask(Task):
 
     # ------------------------------------------------------------------ prediction side
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
         return torch.softmax(logits, dim=1)
 
     def postprocess(self, prediction: np.ndarray) -> np.ndarray:
