@@ -145,18 +145,22 @@ SPLIT_IDS = [i for i in LARGE_IDS if CFG["predict"]["split"] != 1]
 BLOCKS = {i: stages.block_ids(SAMPLES[i].image, CFG) for i in SPLIT_IDS}
 
 
-def _id_regex(ids, exclude=False, suffix=""):
+def _id_regex(ids, exclude=False, suffixes=()):
     """A wildcard regex for exactly ``ids``, or for every image but them. Snakemake embeds it
-    in the whole output pattern, so the exclusion looks ahead to the ``suffix`` that follows
-    the wildcard there and the end of the path."""
+    in each output pattern of the rule, so the exclusion looks ahead to the ``suffixes`` that
+    follow the wildcard in those patterns and the end of the path."""
     alternatives = "|".join(re.escape(i) for i in ids)
-    if exclude:
-        return rf"(?!(?:{alternatives}){re.escape(suffix)}$)[^/]+" if ids else r"[^/]+"
-    return rf"(?:{alternatives})"
+    if not exclude:
+        return rf"(?:{alternatives})"
+    if not ids:
+        return r"[^/]+"
+    ends = "|".join(re.escape(s) for s in suffixes)
+    return rf"(?!(?:{alternatives})(?:{ends})$)[^/]+"
 
 
-NOT_SPLIT = _id_regex(SPLIT_IDS, exclude=True, suffix=".zarr")  # predictions/{image}.zarr
-NOT_LARGE = _id_regex(LARGE_IDS, exclude=True, suffix=TASK.output_suffix)  # {output_dir}/{image}{suffix}
+NOT_SPLIT = _id_regex(SPLIT_IDS, True, [".zarr"])  # predictions/{image}.zarr
+# postprocess outputs: {output_dir}/{image}{suffix}, metrics/{image}.csv, side tables *.csv
+NOT_LARGE = _id_regex(LARGE_IDS, True, sorted({TASK.output_suffix, ".csv"}))
 # Large segmentation outputs are OME-Zarr (NGFF viewers open them lazily); points stay CSV.
 LARGE_SUFFIX = ".ome.zarr" if TASK.output_suffix == ".tif" else TASK.output_suffix
 

@@ -32,6 +32,7 @@ from ..tiling import (
     tile_grid,
     weight_sums_1d,
 )
+from ..errors import ConfigError
 from .blocks import Block, block_grid, choose_block_shape
 
 
@@ -77,9 +78,12 @@ class BlockPredictor:
         return out
 
 
-def prediction_chunks(shape: Sequence[int], ndim: int) -> tuple[int, ...]:
-    """Output chunks of a (Z)YXC prediction: ~1 MiB spatial chunks, all channels together."""
-    edge = (32, 128, 128) if ndim == 3 else (512, 512)
+def prediction_chunks(shape: Sequence[int], ndim: int, edge: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Output chunks of a (Z)YXC prediction: ~1 MiB spatial chunks (or ``edge``, the config's
+    ``predict.chunks``), all channels together."""
+    edge = tuple(edge) if edge else ((32, 128, 128) if ndim == 3 else (512, 512))
+    if len(edge) != ndim:
+        raise ConfigError("predict.chunks", f"has {len(edge)} entries for a {ndim}D image")
     return tuple(min(s, e) for s, e in zip(shape[:-1], edge, strict=True)) + (int(shape[-1]),)
 
 

@@ -77,7 +77,7 @@ def plan_for_shape(shape: Sequence[int], task: Any, pcfg: dict[str, Any]) -> tup
     knows the block jobs of a volume when it builds the DAG."""
     shape = tuple(int(s) for s in shape)
     out_shape = shape[:-1] + (task.out_channels(),)
-    chunks = prediction_chunks(out_shape, len(shape) - 1)
+    chunks = prediction_chunks(out_shape, len(shape) - 1, pcfg.get("chunks"))
     blocks = plan_blocks(out_shape[:-1], chunks[:-1], shape[-1], out_shape[-1], memory_bytes(pcfg) / 2**30,
                          pcfg.get("split"))
     return out_shape, blocks
@@ -108,7 +108,7 @@ def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str 
     out_shape, blocks = prediction_plan(image, task, pcfg)
     predictor = _predictor(model_path, image, task, pcfg)
     with imageio.atomic_path(out_zarr) as tmp:
-        out = create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1),
+        out = create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1, pcfg.get("chunks")),
                                       {"model": str(model_path), "blocks": len(blocks), "normalize": image.stats})
         predict_into(predictor, out, blocks)
     return len(blocks)
@@ -121,10 +121,11 @@ def prepare_prediction(image_path: str | Path, store: str | Path, cfg: dict[str,
     returns the block indices."""
     from ..tasks import get_task
 
+    pcfg = cfg["predict"]
     image = open_normalized(image_path, cfg, stats)
-    out_shape, blocks = prediction_plan(image, get_task(cfg), cfg["predict"])
+    out_shape, blocks = prediction_plan(image, get_task(cfg), pcfg)
     with imageio.atomic_path(store) as tmp:
-        create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1),
+        create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1, pcfg.get("chunks")),
                                 {"blocks": len(blocks), "normalize": image.stats})
     return [b.index for b in blocks]
 
