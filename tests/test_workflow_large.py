@@ -30,11 +30,27 @@ def with_copy(data) -> None:
         shutil.copy(data / "test" / kind / "test_000.tif", data / "test" / kind / "test_copy.tif")
 
 
+def as_zarr(data) -> None:
+    """The large test image as OME-Zarr (CZYX, chunked) and its label as a Zarr v2 array."""
+    from biapipe.omezarr import create_ome_zarr
+
+    image_tif, label_tif = (data / "test" / kind / "test_000.tif" for kind in ("images", "labels"))
+    image = tifffile.imread(image_tif)
+    level = create_ome_zarr(image_tif.with_name("test_000.ome.zarr"), (1, *image.shape), image.dtype,
+                            (1, 4, 16, 16), "czyx", [2.0, 0.5, 0.5])
+    level[0] = image
+    label = tifffile.imread(label_tif)
+    zarr.create_array(store=str(label_tif.with_name("test_000.zarr")), data=label, chunks=(4, 16, 16), zarr_format=2)
+    image_tif.unlink()
+    label_tif.unlink()
+
+
 @pytest.fixture(scope="module")
 def semantic_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("large_semantic")
     make_demo_data(work / "data", 3, 2, 1, 1, 48, seed=4)
     with_copy(work / "data")
+    as_zarr(work / "data")
     cfgfile = write_config(work / "cfg.yaml", large_config(work / "data", "semantic", targets={"binarize": True}))
     plan = planned_jobs(work, cfgfile)
     snakemake(work, cfgfile)
@@ -95,3 +111,14 @@ def test_instance_labels_merge_across_block_jobs(tmp_path):
     objects = pd.read_csv(out / "objects" / "test_000.csv")
     assert len(objects) == len(np.unique(big)) - 1
     assert sorted(objects["volume"]) == sorted(np.bincount(big.ravel())[1:][np.bincount(big.ravel())[1:] > 0])
+
+
+def test_chunks_beyond_the_memory_budget_stop_before_compute(tmp_path):
+    make_demo_data(tmp_path / "data", 3, 2, 1, 1, 48, seed=4)
+    as_zarr(tmp_path / "data")
+    cfg = large_config(tmp_path / "data", "semantic", targets={"binarize": True})
+    cfg["predict"]["memory_gb"] = 1e-6  # one 1x4x16x16 chunk of uint16 is 2 KiB, the budget about 1 KiB
+    proc = snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
+    assert proc.returncode != 0
+    assert "test_000.ome.zarr: one storage chunk" in proc.stdout + proc.stderr
+    assert "rechunk" in proc.stdout + proc.stderr

@@ -231,6 +231,13 @@ def canonical_shape(image_path: str, cfg: dict[str, Any]) -> tuple[int, ...]:
     return open_lazy(image_path, cfg["ndim"], cfg["data"]["axes"]).shape
 
 
+def check_large_input(image_path: str, cfg: dict[str, Any]) -> None:
+    """A large image's axes and storage chunks against the memory budget, from its header."""
+    from .large.run import open_raw
+
+    open_raw(image_path, cfg)
+
+
 def block_ids(image_path: str, cfg: dict[str, Any]) -> list[int]:
     """The prediction blocks of a large image, from its header (one block job each)."""
     from .large.run import plan_for_shape

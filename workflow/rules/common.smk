@@ -140,9 +140,14 @@ PREDICT_PARAMS = {k: CFG["predict"][k] for k in ("mode", "tile_size", "overlap",
 # Large images (predict.large_voxels / large_images) are predicted and post-processed block
 # by block (biapipe.large); with predict.split they are also split across jobs (rules/large.smk).
 # Block plans come from the image headers, so they are known when the DAG is built.
-LARGE_IDS = [i for i in TEST_IDS if stages.is_large_image(SAMPLES[i].image, i, CFG)] if TASK.name != "classification" else []
-SPLIT_IDS = [i for i in LARGE_IDS if CFG["predict"]["split"] != 1]
-BLOCKS = {i: stages.block_ids(SAMPLES[i].image, CFG) for i in SPLIT_IDS}
+try:  # headers only; a chunk beyond predict.memory_gb stops here, before any compute
+    LARGE_IDS = [i for i in TEST_IDS if stages.is_large_image(SAMPLES[i].image, i, CFG)] if TASK.name != "classification" else []
+    for i in LARGE_IDS:
+        stages.check_large_input(SAMPLES[i].image, CFG)
+    SPLIT_IDS = [i for i in LARGE_IDS if CFG["predict"]["split"] != 1]
+    BLOCKS = {i: stages.block_ids(SAMPLES[i].image, CFG) for i in SPLIT_IDS}
+except BiapipeError as exc:
+    sys.exit(f"biapipe: {exc}")
 
 
 def _id_regex(ids, exclude=False, suffixes=()):
