@@ -1,7 +1,7 @@
 """End-to-end per-image cost through Snakemake: amortized start-up vs one process per job.
 
-Trains a small model once on demo data, then times re-running prediction, post-processing and
-evaluation for N test images (``--forcerun predict``) in two modes:
+Trains a small model once on demo data, then times re-running prediction (with normalization),
+post-processing and scoring for N test images (``--forcerun predict``) in two modes:
 
 * threads (the default workflow profile, ``force-use-threads``): per-image `run:` jobs execute in
   the one Snakemake process, so ``import torch`` and the model load are paid once;
@@ -54,7 +54,7 @@ def main() -> None:
         for mode, extra in (("threads (default)", ()), ("subprocess per job", ("--workflow-profile", "none"))):
             seconds = snakemake(work, cfg_path, "--forcerun", "predict", *extra)
             rows.append((mode, seconds, seconds / args.images))
-    print(f"\nPer-image stages (predict + postprocess + evaluate + aggregate) for {args.images} images of "
+    print(f"\nPer-image stages (predict with normalization + postprocess with scoring + aggregate) for {args.images} images of "
           f"{args.size}x{args.size}, 2 cores; first full run incl. training: {first:.1f} s\n")
     print("| mode | wall s | s per image |")
     print("|---|---|---|")

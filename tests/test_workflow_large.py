@@ -122,3 +122,20 @@ def test_chunks_beyond_the_memory_budget_stop_before_compute(tmp_path):
     assert proc.returncode != 0
     assert "test_000.ome.zarr: one storage chunk" in proc.stdout + proc.stderr
     assert "rechunk" in proc.stdout + proc.stderr
+
+
+def test_detection_points_of_block_jobs_equal_whole_image(tmp_path):
+    make_demo_data(tmp_path / "data", 3, 2, 1, 1, 48, seed=6)
+    for kind in ("images", "points"):
+        suffix = ".tif" if kind == "images" else ".csv"
+        shutil.copy(tmp_path / "data" / "test" / kind / f"test_000{suffix}", tmp_path / "data" / "test" / kind / f"test_copy{suffix}")
+    cfg = large_config(tmp_path / "data", "detection", labels="points")
+    cfg["targets"] = {"detection": {"kind": "ball", "radius": 2.0}}
+    cfg["postprocess"] = {"detection": {"threshold": 0.3}}
+    snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg))
+    out = tmp_path / "results" / "big"
+    big, whole = (pd.read_csv(out / "points" / f"{i}.csv") for i in ("test_000", "test_copy"))
+    assert len(whole) > 0
+    pd.testing.assert_frame_equal(big, whole)
+    metrics = pd.read_csv(out / "metrics.csv").set_index("image")
+    assert metrics.loc["test_000"].equals(metrics.loc["test_copy"])

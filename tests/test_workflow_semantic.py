@@ -72,7 +72,7 @@ def test_train_change_retrains(run2d, tmp_path):
 
 def test_thread_count_does_not_retrain(run2d, tmp_path):
     work, _ = run2d
-    cfg = folder_config(work / "data", train={"threads": 2}, predict={"threads": 2, "group_size": 3})
+    cfg = folder_config(work / "data", train={"threads": 2}, predict={"threads": 2})
     assert planned_jobs(work, write_config(tmp_path / "c.yaml", cfg)) == {}
 
 

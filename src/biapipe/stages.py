@@ -301,7 +301,9 @@ def postprocess(
         from .large.run import evaluate_large, postprocess_large
 
         postprocess_large(pred_zarr, out_path, cfg, side, image_path)
-        if metrics_csv:
+        if metrics_csv and not str(out_path).endswith(".ome.zarr"):  # points: a small table, scored as usual
+            write_metrics(task, task.read_output(out_path), label, metrics_csv, image_id, cfg, image_path)
+        elif metrics_csv:
             scores = evaluate_large(out_path, label, cfg) if label is not None else {}
             imageio.write_csv(metrics_csv, pd.DataFrame([{"image": image_id, **scores}]))
         return

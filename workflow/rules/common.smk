@@ -123,6 +123,26 @@ def label_value(wildcards):
     return SAMPLES[wildcards.image].label
 
 
+def _as_pattern(ids, path_of, fallback):
+    """``{folder}/{image}{suffix}`` when every id's file follows it (folder layouts do), else
+    ``fallback`` (an input function, e.g. for sample sheets): a pattern costs Snakemake nothing
+    per job, a function a call and a signature inspection for each of thousands of jobs."""
+    paths = [path_of(i) for i in ids]
+    if not ids or any(p is None for p in paths):
+        return fallback
+    first = Path(paths[0])
+    folder, suffix = first.parent, first.name[len(ids[0]):]
+    if not first.name.startswith(ids[0]) or "{" in str(first) or "}" in str(first):
+        return fallback
+    if all(p == str(folder / f"{i}{suffix}") for i, p in zip(ids, paths)):
+        return str(folder / f"{{image}}{suffix}")
+    return fallback
+
+
+TEST_IMAGE = _as_pattern(TEST_IDS, lambda i: SAMPLES[i].image, image_of)
+TEST_LABEL = _as_pattern(TEST_IDS, lambda i: SAMPLES[i].label, label_of) if labels_are_files(CFG["workflow"]) else []
+
+
 # A class name is no file, so for classification it reruns evaluation as a param; label files
 # are inputs already (and a function param per job would only slow planning).
 LABEL_PARAM = {} if labels_are_files(CFG["workflow"]) else {"label": label_value}
@@ -187,6 +207,12 @@ IMAGE_FOR_POSTPROCESS = image_of if TASK.side_outputs else []
 
 def side_outputs(output):
     return {name: output[name] for name in TASK.side_outputs}
+
+
+def postprocess_args(input, output, wildcards):
+    """Arguments of stages.postprocess for one image: prediction, outputs, raw image, label."""
+    return (input.prediction, output.main, CFG, image_of(wildcards), side_outputs(output),
+            label_value(wildcards), output.metrics, wildcards.image)
 
 
 def final_outputs():

@@ -22,9 +22,11 @@ rule normalize_stats_inputs:  # one file, not thousands, as the input of normali
         images=[SAMPLES[i].image for i in TRAIN_IDS],
     output:
         f"{OUT}/normalize/inputs.json",
+    log:
+        f"{OUT}/logs/normalize_stats_inputs.log",
     localrule: True
     run:
-        stages.run("manifest", {"images": list(input.images)}, output[0])
+        stages.run("manifest", {"images": list(input.images)}, output[0], log=log[0])
 
 
 rule normalize_stats:

@@ -10,7 +10,7 @@ rule postprocess:
         prediction=f"{OUT}/predictions/{{image}}.zarr",
         image=IMAGE_FOR_POSTPROCESS,
         tuning=TUNING_INPUT,
-        label=label_of,
+        label=TEST_LABEL,
     output:
         main=f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
         metrics=f"{OUT}/metrics/{{image}}.csv",
@@ -24,8 +24,7 @@ rule postprocess:
     log:
         f"{OUT}/logs/postprocess/{{image}}.log",
     run:
-        stages.run("postprocess", input.prediction, output.main, CFG, image_of(wildcards), side_outputs(output),
-                   label_value(wildcards), output.metrics, wildcards.image, log=log[0])
+        stages.run("postprocess", *postprocess_args(input, output, wildcards), log=log[0])
 
 
 if LARGE_IDS:
@@ -55,8 +54,7 @@ if LARGE_IDS:
         log:
             f"{OUT}/logs/postprocess/{{image}}.log",
         run:
-            stages.run("postprocess", input.prediction, output.main, CFG, image_of(wildcards), side_outputs(output),
-                       label_value(wildcards), output.metrics, wildcards.image, log=log[0])
+            stages.run("postprocess", *postprocess_args(input, output, wildcards), log=log[0])
 
 
 rule aggregate:

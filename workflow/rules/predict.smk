@@ -10,7 +10,7 @@
 rule predict:
     input:
         model=f"{OUT}/model/best.pt",
-        image=image_of,
+        image=TEST_IMAGE,
         stats=STATS_INPUT,
     output:
         directory(f"{OUT}/predictions/{{image}}.zarr"),

@@ -13,9 +13,11 @@ rule train_inputs:
         pixel_check=PIXEL_CHECK,
     output:
         f"{OUT}/model/inputs.json",
+    log:
+        f"{OUT}/logs/train_inputs.log",
     localrule: True
     run:
-        stages.run("manifest", {k: list(v) for k, v in input.items() if k != "pixel_check"}, output[0])
+        stages.run("manifest", {k: list(v) for k, v in input.items() if k != "pixel_check"}, output[0], log=log[0])
 
 
 rule train:

@@ -166,6 +166,14 @@ def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str
     pred = zarr.open_array(str(pred_zarr), mode="r")
     spatial = tuple(pred.shape[:-1])
     chunks = tuple(pred.chunks[:-1])
+    if task.name == "detection":  # points: a CSV in global coordinates, no image output
+        from .points import detection_table
+
+        # peak finding holds about C + 3 float32 arrays of a grown block
+        blocks = plan_blocks(spatial, chunks, pred.shape[-1], 4, memory_bytes(pcfg) / 2**30)
+        table = detection_table(pred, blocks, task)
+        imageio.write_csv(out_path, table)
+        return len(table)
     # the watershed holds about a dozen float/int temporaries per voxel besides the prediction
     blocks = plan_blocks(spatial, chunks, pred.shape[-1], WATERSHED_TEMPORARIES, memory_bytes(pcfg) / 2**30)
     work = Path(out_path).with_name(f".{Path(out_path).name}.work")
@@ -195,9 +203,7 @@ def _postprocess_into(task: Any, pred: Any, out: Any, blocks: list[Block], work:
         semantic_blocks(pred, out, blocks, work / "components.zarr", pp["threshold"], pp["z_median"], pp["min_size"])
         return len(blocks)
     if task.name != "instance":
-        raise NotImplementedError(
-            f"block-wise post-processing for workflow '{task.name}' is not implemented yet "
-            "(detection: hook here, peaks per block with a halo of min_distance, kept when inside the core)")
+        raise NotImplementedError(f"block-wise post-processing for workflow '{task.name}'")
     import zarr
 
     params = task.postprocess_params()
