@@ -8,8 +8,8 @@ The images are real 16x16 uint8 TIFFs, but only one image and one label file is 
 every other file is a hard link to them, so making 50,000 pairs takes seconds and the
 header checks still open, stat and parse every path (a link is a file like any other).
 One image in five is a training image (validation carved out by `train.val_fraction`),
-the rest are test images with labels, so the DAG holds every per-image rule: `normalize` and
-`targets` per training image, `predict` (which normalizes) and `postprocess` (which scores)
+the rest are test images with labels, so the DAG holds every per-image rule: `prepare`
+(normalized image and targets) per training image, `predict` (which normalizes) and `postprocess` (which scores)
 per test image.
 
 Two timings per size: `cold`, the first parse (every header read, probe cache written to
@@ -120,7 +120,8 @@ def main() -> None:
     print("| images | jobs | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for n, _, cold, warm in rows:
-        jobs = 2 * n + 4  # normalize + targets per training image, predict + postprocess per test image; 4 others
+        n_train = max(2, n // 5)
+        jobs = n_train + 2 * (n - n_train) + 4  # prepare per training image, predict + postprocess per test image
         print(f"| {n:,} | {jobs:,} | {cold[0]:.1f} | {cold[1]:.1f} | {warm[0]:.1f} | {warm[1]:.1f} |")
 
 

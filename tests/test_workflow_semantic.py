@@ -67,7 +67,7 @@ def test_train_change_retrains(run2d, tmp_path):
     work, _ = run2d
     cfg = folder_config(work / "data", train={"epochs": 3})
     plan = planned_jobs(work, write_config(tmp_path / "c.yaml", cfg))
-    assert plan.get("train") == 1 and plan.get("predict") == 2 and "normalize" not in plan
+    assert plan.get("train") == 1 and plan.get("predict") == 2 and "prepare" not in plan
 
 
 def test_thread_count_does_not_retrain(run2d, tmp_path):

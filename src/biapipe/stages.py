@@ -145,6 +145,13 @@ def make_targets(label_path: str, image_path: str, out_zarr: str, cfg: dict[str,
     imageio.write_zarr(out_zarr, target, chunks=_chunks(target.shape, cfg["ndim"]), attrs={"source": str(label_path)})
 
 
+def prepare(image_path: str, label: str, image_zarr: str, targets_zarr: str, cfg: dict[str, Any],
+            stats_json: str | None = None) -> None:
+    """A training/validation image: its normalized copy and its targets, in one job."""
+    normalize_image(image_path, image_zarr, cfg, stats_json)
+    make_targets(label, image_path, targets_zarr, cfg)
+
+
 def image_shape(image_path: str, cfg: dict[str, Any]) -> tuple[int, ...]:
     """Spatial (Z)YX shape of a raw image, from its header."""
     from .validate import probe, spatial_shape
@@ -390,6 +397,7 @@ STAGES = {
     "normalize_stats": normalize_stats,
     "normalize": normalize_image,
     "targets": make_targets,
+    "prepare": prepare,
     "predict": predict,
     "prepare_prediction": prepare_prediction,
     "predict_block": predict_block,

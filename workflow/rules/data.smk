@@ -44,37 +44,28 @@ rule normalize_stats:
         stages.run("normalize_stats", input[0], output[0], CFG, log=log[0])
 
 
-rule normalize:
+# One job per training/validation image makes both what training reads: the normalized image
+# and the targets. Either change retrains anyway, so one job loses no rerun precision and keeps
+# the plan of large datasets small (benchmarks/bench_dag.py).
+rule prepare:
     input:
         image=image_of,
+        label=label_of,
         stats=STATS_INPUT,
     output:
-        directory(f"{OUT}/normalized/{{image}}.zarr"),
+        image=directory(f"{OUT}/normalized/{{image}}.zarr"),
+        targets=directory(f"{OUT}/targets/{{image}}.zarr"),
     params:
         normalize=CFG["normalize"],
         axes=CFG["data"]["axes"],
-    log:
-        f"{OUT}/logs/normalize/{{image}}.log",
-    priority: 50
-    run:
-        stages.run("normalize", input.image, output[0], CFG, *input.stats, log=log[0])
-
-
-rule targets:
-    input:
-        label=label_of,
-        image=image_of,  # its header gives the shape points are drawn into
-    output:
-        directory(f"{OUT}/targets/{{image}}.zarr"),
-    params:
         workflow=CFG["workflow"],
         targets=CFG["targets"],
         **LABEL_PARAM,
     log:
-        f"{OUT}/logs/targets/{{image}}.log",
+        f"{OUT}/logs/prepare/{{image}}.log",
     priority: 50
     run:
-        stages.run("targets", label_value(wildcards), input.image, output[0], CFG, log=log[0])
+        stages.run("prepare", input.image, label_value(wildcards), output.image, output.targets, CFG, *input.stats, log=log[0])
 
 
 if FLOAT_TEST_IDS:
