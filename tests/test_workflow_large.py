@@ -139,3 +139,19 @@ def test_detection_points_of_block_jobs_equal_whole_image(tmp_path):
     pd.testing.assert_frame_equal(big, whole)
     metrics = pd.read_csv(out / "metrics.csv").set_index("image")
     assert metrics.loc["test_000"].equals(metrics.loc["test_copy"])
+
+
+def test_2d_large_image_split_auto_equals_whole_image(tmp_path):
+    make_demo_data(tmp_path / "data", 2, 2, 1, 1, 96, seed=7)
+    with_copy(tmp_path / "data")
+    cfg = tiny_config(tmp_path / "data", "semantic", "big", 2, targets={"binarize": True},
+                      train={"epochs": 30, "patches_per_epoch": 16, "batch_size": 4},
+                      predict={"large_images": ["test_000"], "split": "auto", "chunks": [32, 32], "memory_gb": 0.0001})
+    cfgfile = write_config(tmp_path / "c.yaml", cfg)
+    plan = planned_jobs(tmp_path, cfgfile)
+    assert plan["predict_block"] > 1  # auto: one job per memory-sized block
+    snakemake(tmp_path, cfgfile)
+    out = tmp_path / "results" / "big"
+    big = np.asarray(zarr.open_group(str(out / "masks" / "test_000.ome.zarr"), mode="r")["0"])
+    whole = tifffile.imread(out / "masks" / "test_copy.tif")
+    assert whole.any() and np.array_equal(big > 0, whole > 0)
