@@ -100,7 +100,11 @@ def test_instance_labels_merge_across_block_jobs(tmp_path):
                        targets={"instance": {"channels": ["foreground", "contour"]}},
                        postprocess={"instance": {"min_size": 4, "seed_contour": 0.5}},
                        train={"epochs": 80, "patches_per_epoch": 16, "batch_size": 4, "optimizer": {"lr": 0.003}})
-    snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg))
+    cfg["predict"]["memory_gb"] = 0.002  # segmentation blocks of one or two chunks
+    cfgfile = write_config(tmp_path / "c.yaml", cfg)
+    plan = planned_jobs(tmp_path, cfgfile)
+    assert plan["predict_block"] == BLOCKS and plan["segment_block"] > 1 and plan["postprocess_large"] == 1
+    snakemake(tmp_path, cfgfile)
     out = tmp_path / "results" / "big"
     big = np.asarray(zarr.open_group(str(out / "labels" / "test_000.ome.zarr"), mode="r")["0"])
     whole = tifffile.imread(out / "labels" / "test_copy.tif")

@@ -252,6 +252,13 @@ def block_ids(image_path: str, cfg: dict[str, Any]) -> list[int]:
     return [b.index for b in plan_for_shape(canonical_shape(image_path, cfg), get_task(cfg), cfg["predict"])[1]]
 
 
+def segment_block_ids(image_path: str, cfg: dict[str, Any]) -> list[int]:
+    """The segmentation blocks of a large image, from its header (one job each)."""
+    from .large.run import instance_block_ids
+
+    return instance_block_ids(canonical_shape(image_path, cfg), cfg)
+
+
 def prepare_prediction(image_path: str, store: str, cfg: dict[str, Any], stats_json: str | None = None) -> None:
     """Large image split across jobs: the empty prediction store and the image's statistics."""
     from .large.run import prepare_prediction as prepare
@@ -265,6 +272,20 @@ def predict_block(model_path: str, image_path: str, store: str, block: int, mark
     from .large.run import predict_block_job
 
     predict_block_job(model_path, image_path, store, [block], marker, with_threads(cfg, "predict", threads))
+
+
+def raw_labels(pred_zarr: str, raw_store: str) -> None:
+    """Large instance image split across jobs: the empty store of block-local ids."""
+    from .large.run import create_raw_labels
+
+    create_raw_labels(pred_zarr, raw_store)
+
+
+def segment_block(pred_zarr: str, raw_store: str, block: int, record_npz: str, cfg: dict[str, Any]) -> None:
+    """Large instance image split across jobs: one block's watershed, merged later at the seams."""
+    from .large.run import instance_block_job
+
+    instance_block_job(pred_zarr, raw_store, block, record_npz, cfg)
 
 
 def normalized_image(image_path: str, cfg: dict[str, Any], stats: dict[str, Any] | None = None) -> np.ndarray:
@@ -292,6 +313,7 @@ def is_large_image(image_path: str, image_id: str | None, cfg: dict[str, Any]) -
 def postprocess(
     pred_zarr: str, out_path: str, cfg: dict[str, Any], image_path: str | None = None, side: dict[str, str] | None = None,
     label: str | None = None, metrics_csv: str | None = None, image_id: str | None = None,
+    segmented: tuple[str, list[str]] | None = None,
 ) -> None:
     """Post-process one prediction and score it against ``label`` (when the image has one).
 
@@ -300,14 +322,15 @@ def postprocess(
     memory, rather than in a job of its own: one job less per image keeps planning thousands
     of images fast (benchmarks/bench_dag.py), and post-processing is cheap next to the
     prediction it starts from. Predictions made block by block (large images) are
-    post-processed and scored block by block.
+    post-processed and scored block by block; ``segmented`` = (raw-id store, block records)
+    when their instance blocks were segmented by separate jobs (rules/large.smk).
     """
     task = get_task(cfg)
     image_id = image_id or Path(pred_zarr).name.removesuffix(".zarr")
     if is_block_prediction(pred_zarr):
         from .large.run import evaluate_large, postprocess_large
 
-        postprocess_large(pred_zarr, out_path, cfg, side, image_path)
+        postprocess_large(pred_zarr, out_path, cfg, side, image_path, segmented)
         if metrics_csv and not str(out_path).endswith(".ome.zarr"):  # points: a small table, scored as usual
             write_metrics(task, task.read_output(out_path), label, metrics_csv, image_id, cfg, image_path)
         elif metrics_csv:
@@ -399,6 +422,8 @@ STAGES = {
     "predict": predict,
     "prepare_prediction": prepare_prediction,
     "predict_block": predict_block,
+    "raw_labels": raw_labels,
+    "segment_block": segment_block,
     "postprocess": postprocess,
     "tune": tune,
     "aggregate": aggregate,

@@ -166,6 +166,8 @@ try:  # headers only; a chunk beyond predict.memory_gb stops here, before any co
         stages.check_large_input(SAMPLES[i].image, CFG)
     SPLIT_IDS = [i for i in LARGE_IDS if CFG["predict"]["split"] != 1]
     BLOCKS = {i: stages.block_ids(SAMPLES[i].image, CFG) for i in SPLIT_IDS}
+    # instance segmentation of split images is split too: one watershed job per block, then the seam merge
+    SEGMENT_BLOCKS = {i: stages.segment_block_ids(SAMPLES[i].image, CFG) for i in SPLIT_IDS} if TASK.name == "instance" else {}
 except BiapipeError as exc:
     sys.exit(f"biapipe: {exc}")
 
@@ -196,6 +198,15 @@ def output_path(image_id):
     return f"{OUT}/{TASK.output_dir}/{image_id}{suffix}"
 
 
+def segmented_of(wildcards):
+    """Split instance images: the raw-id store and the block records the seam merge reads."""
+    ids = SEGMENT_BLOCKS.get(wildcards.image)
+    if ids is None:
+        return []
+    return [f"{OUT}/large/{wildcards.image}/raw_labels.zarr"] + [
+        f"{OUT}/large/{wildcards.image}/segment/{b}.npz" for b in ids]
+
+
 def block_markers(wildcards):
     """Split large images: one marker per prediction block job (rules/large.smk)."""
     ids = BLOCKS.get(wildcards.image, [])
@@ -207,6 +218,12 @@ IMAGE_FOR_POSTPROCESS = image_of if TASK.side_outputs else []
 
 def side_outputs(output):
     return {name: output[name] for name in TASK.side_outputs}
+
+
+def segmented_args(input):
+    """(raw-id store, block records) from a postprocess_large job's inputs, or None."""
+    files = list(input.segmented)
+    return (files[0], files[1:]) if files else None
 
 
 def postprocess_args(input, output, wildcards):

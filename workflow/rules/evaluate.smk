@@ -36,6 +36,7 @@ if LARGE_IDS:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
             blocks=block_markers,
+            segmented=segmented_of,
             image=IMAGE_FOR_POSTPROCESS,
             tuning=TUNING_INPUT,
             label=label_of,
@@ -54,7 +55,7 @@ if LARGE_IDS:
         log:
             f"{OUT}/logs/postprocess/{{image}}.log",
         run:
-            stages.run("postprocess", *postprocess_args(input, output, wildcards), log=log[0])
+            stages.run("postprocess", *postprocess_args(input, output, wildcards), segmented_args(input), log=log[0])
 
 
 rule aggregate:

@@ -43,3 +43,42 @@ if SPLIT_IDS:
             f"{OUT}/logs/predict/{{image}}/{{block}}.log",
         run:
             stages.run("predict_block", input.model, input.image, input.store, int(wildcards.block), output[0], CFG, threads, log=log[0])
+
+
+if SEGMENT_BLOCKS:
+
+    rule raw_labels:
+        input:
+            prediction=f"{OUT}/predictions/{{image}}.zarr",
+            blocks=block_markers,
+        output:
+            directory(f"{OUT}/large/{{image}}/raw_labels.zarr"),
+        wildcard_constraints:
+            image=_id_regex(SPLIT_IDS),
+        log:
+            f"{OUT}/logs/postprocess/{{image}}/raw_labels.log",
+        run:
+            stages.run("raw_labels", input.prediction, output[0], log=log[0])
+
+    # Watershed of one block (with its halo) into the shared id store, chunk-aligned like the
+    # prediction blocks; postprocess_large then merges objects cut by block faces.
+    rule segment_block:
+        input:
+            prediction=f"{OUT}/predictions/{{image}}.zarr",
+            blocks=block_markers,
+            raw=f"{OUT}/large/{{image}}/raw_labels.zarr",
+            tuning=TUNING_INPUT,
+        output:
+            f"{OUT}/large/{{image}}/segment/{{block}}.npz",
+        params:
+            postprocess=CFG["postprocess"],
+            halo=CFG["predict"]["halo"],
+        resources:
+            mem_mb=int(CFG["predict"]["memory_gb"] * 1024 * 1.5),
+        wildcard_constraints:
+            image=_id_regex(SPLIT_IDS),
+            block=r"\d+",
+        log:
+            f"{OUT}/logs/postprocess/{{image}}/{{block}}.log",
+        run:
+            stages.run("segment_block", input.prediction, input.raw, int(wildcards.block), output[0], CFG, log=log[0])

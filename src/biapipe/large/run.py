@@ -153,11 +153,14 @@ def predict_block_job(model_path: str | Path, image_path: str | Path, store: str
 
 
 def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str, Any],
-                      side: dict[str, str] | None = None, image_path: str | Path | None = None) -> int:
+                      side: dict[str, str] | None = None, image_path: str | Path | None = None,
+                      segmented: tuple[str, list[str]] | None = None) -> int:
     """Semantic masks or instance labels of a prediction Zarr, block by block, written as OME-Zarr
     at ``out_path`` (``*.ome.zarr``) or as a BigTIFF streamed plane by plane (``*.tif``).
     ``side`` names the task's extra outputs (the instance object table, with mean intensities
-    of the raw image at ``image_path``)."""
+    of the raw image at ``image_path``). ``segmented`` = (raw-id store, per-block record files
+    in block order) when instance blocks were segmented by separate jobs: then this job is the
+    seam merge alone."""
     import zarr
 
     from ..tasks import get_task
@@ -174,8 +177,7 @@ def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str
         table = detection_table(pred, blocks, task)
         imageio.write_csv(out_path, table)
         return len(table)
-    # the watershed holds about a dozen float/int temporaries per voxel besides the prediction
-    blocks = plan_blocks(spatial, chunks, pred.shape[-1], WATERSHED_TEMPORARIES, memory_bytes(pcfg) / 2**30)
+    blocks = postprocess_plan(pred.shape, pred.chunks, pcfg)
     work = Path(out_path).with_name(f".{Path(out_path).name}.work")
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -183,7 +185,7 @@ def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str
         dtype = np.uint8 if task.name == "semantic" else np.uint32
         out = create_ome_zarr(omez, spatial, dtype, chunks, "zyx"[3 - len(spatial):], cfg["data"].get("voxel_size"),
                               name=Path(out_path).name)
-        n = _postprocess_into(task, pred, out, blocks, work, pcfg)
+        n = _postprocess_into(task, pred, out, blocks, work, pcfg, segmented)
         if side and "objects" in side:
             from .objects import object_table_blocks
 
@@ -195,7 +197,54 @@ def postprocess_large(pred_zarr: str | Path, out_path: str | Path, cfg: dict[str
     return n
 
 
-def _postprocess_into(task: Any, pred: Any, out: Any, blocks: list[Block], work: Path, pcfg: dict[str, Any]) -> int:
+def postprocess_plan(pred_shape: Sequence[int], pred_chunks: Sequence[int], pcfg: dict[str, Any]) -> list[Block]:
+    """Blocks of block-wise segmentation: the watershed holds about a dozen float/int
+    temporaries per voxel besides the prediction, so they are smaller than prediction blocks."""
+    return plan_blocks(tuple(pred_shape[:-1]), tuple(pred_chunks[:-1]), int(pred_shape[-1]), WATERSHED_TEMPORARIES,
+                       memory_bytes(pcfg) / 2**30)
+
+
+def instance_block_ids(image_shape: Sequence[int], cfg: dict[str, Any]) -> list[int]:
+    """The segmentation blocks of a large image, from its (Z)YXC shape (one job each)."""
+    from ..tasks import get_task
+
+    out_shape, _ = plan_for_shape(image_shape, get_task(cfg), cfg["predict"])
+    chunks = prediction_chunks(out_shape, len(out_shape) - 1, cfg["predict"].get("chunks"))
+    return [b.index for b in postprocess_plan(out_shape, chunks, cfg["predict"])]
+
+
+def create_raw_labels(pred_zarr: str | Path, raw_store: str | Path) -> None:
+    """The empty store of block-local instance ids that segmentation block jobs fill."""
+    import zarr
+
+    pred = zarr.open_array(str(pred_zarr), mode="r")
+    with imageio.atomic_path(raw_store) as tmp:
+        zarr.create_array(store=str(tmp), shape=pred.shape[:-1], dtype=np.uint64, chunks=pred.chunks[:-1], fill_value=0)
+
+
+def instance_block_job(pred_zarr: str | Path, raw_store: str | Path, block_id: int, record_npz: str | Path,
+                       cfg: dict[str, Any]) -> None:
+    """Segment one block (with its halo) into the shared raw-id store; what the seam merge needs
+    of it (id sizes, border ids, seam strips) goes to ``record_npz``."""
+    import zarr
+
+    from ..tasks import get_task
+    from .labels import id_stride, instance_block
+
+    task, pcfg = get_task(cfg), cfg["predict"]
+    pred = zarr.open_array(str(pred_zarr), mode="r")
+    raw = zarr.open_array(str(raw_store), mode="r+")
+    blocks = postprocess_plan(pred.shape, pred.chunks, pcfg)
+    h = halo(pcfg, len(raw.shape))
+    record = instance_block(pred, raw, blocks[int(block_id)], h, id_stride(blocks, h), task.channels,
+                            task.postprocess_params(), task.voxel_size)
+    with imageio.atomic_path(record_npz) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **record)
+
+
+def _postprocess_into(task: Any, pred: Any, out: Any, blocks: list[Block], work: Path, pcfg: dict[str, Any],
+                      done: tuple[str, list[str]] | None = None) -> int:
     from .labels import id_stride, instance_block, instance_merge, semantic_blocks
 
     if task.name == "semantic":
@@ -207,6 +256,10 @@ def _postprocess_into(task: Any, pred: Any, out: Any, blocks: list[Block], work:
     import zarr
 
     params = task.postprocess_params()
+    if done is not None:  # segmented by block jobs: only the seam merge is left
+        raw_store, record_files = done
+        records = {i: dict(np.load(f)) for i, f in enumerate(record_files)}
+        return instance_merge(zarr.open_array(str(raw_store), mode="r"), out, blocks, records, params)
     h = halo(pcfg, len(out.shape))
     raw = zarr.create_array(store=str(work / "raw.zarr"), shape=out.shape, dtype=np.uint64, chunks=out.chunks,
                             fill_value=0)
