@@ -69,6 +69,19 @@ def test_blocks_align_to_chunks_and_fit_budget():
     assert 6 <= len(block_grid(shape, split)) <= 12
 
 
+def test_blocks_shaped_like_the_tile_cut_fewer_tiles():
+    shape, chunks, tile = (512, 2048, 2048), (32, 128, 128), (32, 128, 128)
+    cube = choose_block_shape(shape, chunks, 2**30, 12)
+    like_tile = choose_block_shape(shape, chunks, 2**30, 12, aspect=tile)
+    assert np.prod(like_tile) * 12 * 4 <= 2**30
+    assert like_tile[1] / like_tile[0] >= 3 > cube[1] / cube[0]  # y four times z, as in the tile
+
+    def recompute(block):  # a tile straddles a face of axis a with probability ~ tile_a / block_a
+        return np.prod([1 + t / b for b, t in zip(block, tile)])
+
+    assert recompute(like_tile) < recompute(cube)
+
+
 def test_merge_ids_joins_chains():
     roots = merge_ids(np.array([3, 5, 7, 9, 11], np.uint64), np.array([[5, 9], [9, 11], [99, 3]], np.uint64))
     assert roots.tolist() == [3, 5, 7, 5, 5]

@@ -66,21 +66,26 @@ def choose_block_shape(
     memory_bytes: float,
     bytes_per_voxel: int,
     n_blocks: int | None = None,
+    aspect: Sequence[int] | None = None,
 ) -> tuple[int, ...]:
     """The largest chunk-aligned block within the memory budget (or splitting into about ``n_blocks``).
 
-    Blocks grow by whole chunks, the most elongated axis (in chunks) first, because a
-    cube-like block has the least halo per voxel and so the least recomputation.
+    Blocks grow by whole chunks, the shortest axis first, because a block that is a cube
+    has the least halo per voxel and so the least recomputation. ``aspect`` (the prediction
+    tile) measures "cube" in tiles rather than voxels: tiles straddling a block face are run
+    once per block they feed, and with flat 3D tiles (32x128x128) a voxel cube cuts through
+    four times as many tiles along y and x as a block shaped like the tile.
     """
     shape, chunks = tuple(int(s) for s in shape), tuple(int(c) for c in chunks)
     per_axis = [math.ceil(n / c) for n, c in zip(shape, chunks, strict=True)]  # chunks per axis
     if n_blocks is not None:
         return _split_into(shape, chunks, per_axis, max(int(n_blocks), 1))
     budget = max(memory_bytes / (BLOCK_COPIES * bytes_per_voxel), 1)
+    unit = tuple(aspect) if aspect else (1,) * len(shape)
     counts = [1] * len(shape)
     while True:
         candidates = [a for a in range(len(shape)) if counts[a] < per_axis[a]]
-        candidates.sort(key=lambda a: counts[a] * chunks[a])
+        candidates.sort(key=lambda a: counts[a] * chunks[a] / unit[a])
         grown = False
         for axis in candidates:
             trial = counts.copy()

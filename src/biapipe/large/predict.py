@@ -97,15 +97,16 @@ def create_prediction_store(path: str | Path, shape: Sequence[int], chunks: Sequ
 
 
 def plan_blocks(shape: Sequence[int], chunks: Sequence[int], in_channels: int, out_channels: int,
-                memory_gb: float, split: int | str | None = None) -> list[Block]:
-    """Blocks of a (Z)YX volume: chunk-aligned, within ``memory_gb`` (or about ``split`` blocks)."""
+                memory_gb: float, split: int | str | None = None, tile: Sequence[int] | None = None) -> list[Block]:
+    """Blocks of a (Z)YX volume: chunk-aligned, within ``memory_gb`` (or about ``split`` blocks),
+    shaped like the prediction ``tile`` when one is given."""
     bytes_per_voxel = 4 * (in_channels + out_channels)
     n_blocks = None if split in (None, "auto") else int(split)
-    block_shape = choose_block_shape(shape, chunks, memory_gb * 2**30, bytes_per_voxel, n_blocks)
-    if n_blocks is not None:  # an explicit split must still respect the memory budget
-        cap = choose_block_shape(shape, chunks, memory_gb * 2**30, bytes_per_voxel)
-        if math.prod(cap) < math.prod(block_shape):
-            block_shape = cap
+    block_shape = choose_block_shape(shape, chunks, memory_gb * 2**30, bytes_per_voxel, aspect=tile)
+    if n_blocks is not None:  # an explicit split, unless its blocks would exceed the memory budget
+        split_shape = choose_block_shape(shape, chunks, memory_gb * 2**30, bytes_per_voxel, n_blocks)
+        if math.prod(split_shape) <= math.prod(block_shape):
+            block_shape = split_shape
     return block_grid(shape, block_shape)
 
 

@@ -78,8 +78,9 @@ def plan_for_shape(shape: Sequence[int], task: Any, pcfg: dict[str, Any]) -> tup
     shape = tuple(int(s) for s in shape)
     out_shape = shape[:-1] + (task.out_channels(),)
     chunks = prediction_chunks(out_shape, len(shape) - 1, pcfg.get("chunks"))
+    tile = pcfg.get("tile_size")
     blocks = plan_blocks(out_shape[:-1], chunks[:-1], shape[-1], out_shape[-1], memory_bytes(pcfg) / 2**30,
-                         pcfg.get("split"))
+                         pcfg.get("split"), tile if tile and len(tile) == len(shape) - 1 else None)
     return out_shape, blocks
 
 
