@@ -130,7 +130,7 @@ def one_size(gb: float, memory_gb: float, workdir: Path, model_kind: str,
         image = open_lazy(workdir / "raw.zarr", 3)
         out_shape = shape + (1,)
         chunks = prediction_chunks(out_shape, 3)
-        blocks = plan_blocks(shape, chunks[:-1], 1, 1, memory_gb)
+        blocks = plan_blocks(shape, chunks[:-1], 1, 1, memory_gb, tile=tile)
         pred = create_prediction_store(workdir / "pred.zarr", out_shape, chunks)
         predictor = BlockPredictor(image, fn, tile, overlap=0.125, batch_size=2, divisor=4)
         for block in blocks:

@@ -261,9 +261,9 @@ def segment_block_ids(image_path: str, cfg: dict[str, Any]) -> list[int]:
 
 def prepare_prediction(image_path: str, store: str, cfg: dict[str, Any], stats_json: str | None = None) -> None:
     """Large image split across jobs: the empty prediction store and the image's statistics."""
-    from .large.run import prepare_prediction as prepare
+    from .large.run import prepare_prediction as make_store
 
-    prepare(image_path, store, cfg, imageio.read_json(stats_json) if stats_json else None)
+    make_store(image_path, store, cfg, imageio.read_json(stats_json) if stats_json else None)
 
 
 def predict_block(model_path: str, image_path: str, store: str, block: int, marker: str, cfg: dict[str, Any],

@@ -104,8 +104,8 @@ def _train_params():
 
 # Planning cost grows with every input item and input function of every per-image job
 # (Snakemake searches a producer for each input file and inspects each function's signature),
-# so per-image rules list only the files whose change must rerun them; files a job merely reads
-# for their header travel as params (benchmarks/bench_dag.py measures this).
+# so per-image rules list only the files whose change must rerun them, as patterns where the
+# folder layout allows (benchmarks/bench_dag.py measures this).
 
 
 def image_of(wildcards):
@@ -151,7 +151,8 @@ LABEL_PARAM = {} if labels_are_files(CFG["workflow"]) else {"label": label_value
 # Test images are normalized inside predict, after training; float ones (the only ones that can
 # hold NaN/Inf) get their pixels scanned by one job that training waits for, so bad input
 # still stops the run before compute is spent (rules/data.smk).
-FLOAT_TEST_IDS = [i for i in TEST_IDS if i in set(FLOAT_IDS)]
+_FLOAT = set(FLOAT_IDS)
+FLOAT_TEST_IDS = [i for i in TEST_IDS if i in _FLOAT]
 PIXEL_CHECK = [f"{OUT}/checks/test_pixels.ok"] if FLOAT_TEST_IDS else []
 STATS_INPUT = [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" else []
 # What changes predictions (threads, device and the large-image memory plan do not).
@@ -185,6 +186,7 @@ def _id_regex(ids, exclude=False, suffixes=()):
     return rf"(?!(?:{alternatives})(?:{ends})$)[^/]+"
 
 
+_LARGE = set(LARGE_IDS)
 NOT_SPLIT = _id_regex(SPLIT_IDS, True, [".zarr"])  # predictions/{image}.zarr
 # postprocess outputs: {output_dir}/{image}{suffix}, metrics/{image}.csv, side tables *.csv
 NOT_LARGE = _id_regex(LARGE_IDS, True, sorted({TASK.output_suffix, ".csv"}))
@@ -194,7 +196,7 @@ LARGE_SUFFIX = ".ome.zarr" if TASK.output_suffix == ".tif" else TASK.output_suff
 
 def output_path(image_id):
     """The post-processed output of one test image (large ones are OME-Zarr)."""
-    suffix = LARGE_SUFFIX if image_id in LARGE_IDS else TASK.output_suffix
+    suffix = LARGE_SUFFIX if image_id in _LARGE else TASK.output_suffix
     return f"{OUT}/{TASK.output_dir}/{image_id}{suffix}"
 
 
