@@ -15,14 +15,6 @@ from biapipe.demo import make_demo_data
 
 pytestmark = pytest.mark.workflow
 
-TINY_TRAIN = {
-    "model": {"depth": 2, "width": 4},
-    "batch_size": 2,
-    "epochs": 2,
-    "patches_per_epoch": 4,
-    "val_patches": 2,
-    "threads": 1,
-}
 METRIC_COLUMNS = ["image", "n_pred", "n_gt", "tp", "fp", "fn", "precision", "recall", "f1", "loc_error"]
 
 

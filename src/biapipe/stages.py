@@ -300,8 +300,10 @@ def normalized_image(image_path: str, cfg: dict[str, Any], stats: dict[str, Any]
 def is_large_image(image_path: str, image_id: str | None, cfg: dict[str, Any]) -> bool:
     """Whether ``predict.large_voxels``/``large_images`` send this image down the block-wise path."""
     pcfg = cfg["predict"]
-    if not (pcfg.get("large_voxels") or pcfg.get("large_images")):
-        return False
+    if (image_id or Path(image_path).name) in (pcfg.get("large_images") or []):
+        return True
+    if not pcfg.get("large_voxels"):
+        return False  # no header read: this runs for every test image at every workflow parse
     from .large.run import is_large
 
     return is_large(canonical_shape(image_path, cfg)[:-1], image_id or Path(image_path).name, pcfg)
