@@ -6,76 +6,55 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import BiapipeError
+from .core.config import validate_config
+from .core.errors import BiapipeError
+from .tasks import REGISTRY, get_task
 
 
 def _demo_data(args: argparse.Namespace) -> None:
-    from .demo import make_classification_demo, make_demo_data
-
-    make = make_classification_demo if args.workflow == "classification" else make_demo_data  # n_*: per class
-    make(args.out, args.ndim, args.n_train, args.n_val, args.n_test, args.size, args.seed)
+    cfg = validate_config({"experiment": "demo", "workflow": args.workflow, "ndim": args.ndim, "seed": args.seed,
+                           "data": {"demo": {"folder": args.out, "n_train": args.n_train, "n_val": args.n_val,
+                                             "n_test": args.n_test, "size": args.size}}})
+    get_task(cfg).write_demo()
     print(f"demo data ({args.ndim}D) written to {args.out}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    if args.workflow == "classification":  # --pred: classes/{image}.csv, --gt: <class>/<image> folders
-        from .tasks.classification import evaluate_folders
-
-        print(evaluate_folders(args.pred, args.gt, args.out).to_string(index=False))
-        return
     import pandas as pd
 
-    from . import imageio
-    from .config import validate_config
-    from .imageio import IMAGE_SUFFIXES
-    from .samples import LABEL_SUFFIXES, list_images
-    from .tasks import get_task
+    from .core import imageio
 
-    cfg = validate_config(
-        {
-            "experiment": "evaluate",
-            "workflow": args.workflow,
-            "ndim": args.ndim,
-            "data": {"demo": {}},
-            "targets": {"classes": args.classes, "binarize": args.binarize},
-        }
-    )
+    cfg = validate_config({"experiment": "evaluate", "workflow": args.workflow, "ndim": args.ndim,
+                           "data": {"demo": {}}, "targets": {"classes": args.classes, "binarize": args.binarize}})
     task = get_task(cfg)
-    suffixes = LABEL_SUFFIXES.get(args.workflow, IMAGE_SUFFIXES)
-    preds = list_images(args.pred, (task.output_suffix,) if task.output_suffix == ".csv" else IMAGE_SUFFIXES)
-    gts = list_images(args.gt, suffixes)
-    missing = sorted(set(gts) - set(preds))
-    if missing:
-        raise BiapipeError(f"{args.pred}: no prediction for ground truth '{missing[0]}' ({len(missing)} missing)")
-    rows = []
-    for image_id, gt_path in gts.items():
-        output = task.read_output(preds[image_id])
-        label = task.read_label(gt_path, None) if suffixes != IMAGE_SUFFIXES else imageio.read_label(gt_path, args.ndim)
-        rows.append({"image": image_id, **task.evaluate(output, label)})
-    table = pd.DataFrame(rows)
-    imageio.write_csv(args.out, table)
-    summary_path = Path(args.out).with_name(Path(args.out).stem + "_summary.csv")
-    imageio.write_csv(summary_path, task.summarize(table))
-    print(task.summarize(table).to_string(index=False))
+    table = task.score_folders(args.pred, args.gt)
+    out = Path(args.out)
+    imageio.write_csv(out, table)
+    summary = task.summarize(table) if len(table) else pd.DataFrame([{"n_images": 0}])
+    imageio.write_csv(out.with_name(f"{out.stem}_summary.csv"), summary)
+    if task.metrics_tables:
+        task.write_metrics_tables(out, {name: str(out.with_name(f"{out.stem}_{Path(path).name}"))
+                                        for name, path in task.metrics_tables.items()})
+    print(summary.to_string(index=False))
 
 
 def _export_bmz(args: argparse.Namespace) -> None:
-    from .config import load_config
-    from .export_bmz import export_bmz
+    from .core.config import load_config
+    from .inference.export_bmz import export_bmz
 
     cfg = load_config(args.config)
-    written = export_bmz(args.model, cfg, args.out, args.test_image or _first_image(cfg), name=args.name,
-                         authors=args.author or ["biapipe user"], license=args.license, stats=args.stats,
-                         validate=not args.no_validate)
+    written = export_bmz(args.model, cfg, get_task(cfg), args.out, args.test_image or _first_image(cfg),
+                         name=args.name, authors=args.author or ["biapipe user"], license=args.license,
+                         stats=args.stats, validate=not args.no_validate)
     print(f"BioImage Model Zoo package written to {written}")
 
 
 def _first_image(cfg: dict) -> str:
     """The first test (else training) image of the config, as the package's test input."""
-    from .samples import list_images
+    from .data.samples import list_images
 
     for split in ("test", "train"):
-        folder = (cfg["data"].get(split) or {}).get("images")
+        folder = (cfg["data"][split] or {}).get("images")
         if folder and Path(folder).is_dir():
             images = list_images(folder)
             if images:
@@ -89,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo-data", help="write synthetic images with ground truth in the input layout")
     demo.add_argument("out", help="output folder")
-    demo.add_argument("--workflow", default="semantic", choices=["semantic", "instance", "detection", "classification"])
+    demo.add_argument("--workflow", default="semantic", choices=sorted(REGISTRY))
     demo.add_argument("--ndim", type=int, default=2, choices=[2, 3])
     demo.add_argument("--n-train", type=int, default=8)
     demo.add_argument("--n-val", type=int, default=2)
@@ -99,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo_data)
 
     ev = sub.add_parser("evaluate", help="score a folder of outputs against a folder of ground truth")
-    ev.add_argument("--workflow", required=True, choices=["semantic", "instance", "detection", "classification"])
+    ev.add_argument("--workflow", required=True, choices=sorted(REGISTRY))
     ev.add_argument("--pred", required=True, help="folder of post-processed outputs")
     ev.add_argument("--gt", required=True, help="folder of ground-truth labels, same file names")
     ev.add_argument("--out", required=True, help="per-image metrics CSV to write")

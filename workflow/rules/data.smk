@@ -5,19 +5,19 @@ if CFG["data"]["demo"]:
 
     rule demo_data:
         output:
-            [s.image for s in DS.all()],
-            [s.label for s in DS.all() if labels_are_files(CFG["workflow"])],
+            [s.image for s in PLAN.ds.all()],
+            [s.label for s in PLAN.ds.all() if TASK.labels_are_files],
         params:
-            demo=CFG["data"]["demo"],
+            demo=smk.rerun_key(CFG["data"]["demo"]),
             ndim=CFG["ndim"],
             seed=CFG["seed"],
         log:
             f"{OUT}/logs/demo_data.log",
         run:
-            stages.run("demo_data", CFG, log=log[0])
+            stages.demo_data(task=TASK, log=log[0])
 
 
-rule normalize_stats_inputs:  # one file, not thousands, as the input of normalize_stats (rules/train.smk)
+rule normalize_stats_inputs:  # one file, not thousands, as the input of normalize_stats
     input:
         images=[SAMPLES[i].image for i in TRAIN_IDS],
     output:
@@ -26,7 +26,7 @@ rule normalize_stats_inputs:  # one file, not thousands, as the input of normali
         f"{OUT}/logs/normalize_stats_inputs.log",
     localrule: True
     run:
-        stages.run("manifest", {"images": list(input.images)}, output[0], log=log[0])
+        stages.manifest(files={"images": list(input.images)}, out=output[0], log=log[0])
 
 
 rule normalize_stats:
@@ -35,18 +35,19 @@ rule normalize_stats:
     output:
         f"{OUT}/normalize/stats.json",
     params:
-        normalize=CFG["normalize"],
+        normalize=NORMALIZE_KEY,
     log:
         f"{OUT}/logs/normalize_stats.log",
     benchmark:
         f"{OUT}/benchmarks/normalize_stats.tsv"
     run:
-        stages.run("normalize_stats", input[0], output[0], CFG, log=log[0])
+        stages.normalize_stats(manifest=input[0], out=output[0], ndim=CFG["ndim"], axes=AXES,
+                               normalize=CFG["normalize"], log=log[0])
 
 
 # One job per training/validation image makes both what training reads: the normalized image
 # and the targets. Either change retrains anyway, so one job loses no rerun precision and keeps
-# the plan of large datasets small (benchmarks/bench_dag.py).
+# the plan of large datasets small (docs/architecture.md, "planning cost").
 rule prepare:
     input:
         image=image_of,
@@ -56,16 +57,18 @@ rule prepare:
         image=directory(f"{OUT}/normalized/{{image}}.zarr"),
         targets=directory(f"{OUT}/targets/{{image}}.zarr"),
     params:
-        normalize=CFG["normalize"],
-        axes=CFG["data"]["axes"],
+        normalize=NORMALIZE_KEY,
+        axes=AXES,
         workflow=CFG["workflow"],
-        targets=CFG["targets"],
+        targets=smk.rerun_key(CFG["targets"]),
         **LABEL_PARAM,
     log:
         f"{OUT}/logs/prepare/{{image}}.log",
     priority: 50
     run:
-        stages.run("prepare", input.image, label_value(wildcards), output.image, output.targets, CFG, *input.stats, log=log[0])
+        stages.prepare(image=input.image, label=label_value(wildcards), image_out=output.image,
+                       targets_out=output.targets, task=TASK, axes=AXES, normalize=CFG["normalize"],
+                       stats=(input.stats[0] if input.stats else None), log=log[0])
 
 
 if FLOAT_TEST_IDS:
@@ -79,4 +82,5 @@ if FLOAT_TEST_IDS:
             f"{OUT}/logs/check_test_pixels.log",
         priority: 100
         run:
-            stages.run("check_pixels", list(input), output[0], CFG, log=log[0])
+            stages.check_pixels(images=list(input), out=output[0], ndim=CFG["ndim"], axes=AXES,
+                                memory_gb=CFG["predict"]["memory_gb"], log=log[0])

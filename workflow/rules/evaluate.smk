@@ -1,8 +1,6 @@
-# Post-processing with per-image scores, and the two tables users read first.
-# Scoring runs in the post-processing job, on the output still in memory: a separate
-# evaluate job per image would add a third of the jobs Snakemake has to plan for large
-# datasets (benchmarks/bench_dag.py). Images without ground truth get a metrics file with
-# their id only; the tables use the scored ones.
+# Post-processing with per-image scores, and the tables users read first. Scoring runs in the
+# post-processing job, on the output still in memory (docs/architecture.md, "planning cost").
+# Images without ground truth get a metrics file with their id only; the tables use the scored ones.
 
 
 rule postprocess:
@@ -14,24 +12,26 @@ rule postprocess:
     output:
         main=f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
         metrics=f"{OUT}/metrics/{{image}}.csv",
-        **{name: f"{OUT}/{path}" for name, path in TASK.side_outputs.items()},
+        **SIDE_OUTPUTS,
     params:
-        postprocess=CFG["postprocess"],
-        evaluate=CFG["evaluate"],
+        postprocess=smk.rerun_key(CFG["postprocess"]),
+        evaluate=smk.rerun_key(CFG["evaluate"]),
         **LABEL_PARAM,
     wildcard_constraints:
         image=NOT_LARGE,
     log:
         f"{OUT}/logs/postprocess/{{image}}.log",
     run:
-        stages.run("postprocess", *postprocess_args(input, output, wildcards), log=log[0])
+        stages.postprocess(prediction=input.prediction, out=output.main, task=TASK, axes=AXES,
+                           image=image_of(wildcards), side=side_outputs(output), label=label_value(wildcards),
+                           metrics=output.metrics, image_id=wildcards.image, log=log[0])
 
 
 if LARGE_IDS:
 
-    # Large images: block by block with bounded memory, into OME-Zarr (points stay CSV);
-    # instance labels cut by block faces are merged into one id in this same job, and the
-    # scores are counted block by block against a ground truth that may not fit in memory.
+    # Large images: block by block with bounded memory, in the task's large format (OME-Zarr
+    # label volumes; points stay CSV); objects cut by block faces are merged in this job, and
+    # the scores are counted block by block against a ground truth that may not fit in memory.
     rule postprocess_large:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
@@ -41,21 +41,24 @@ if LARGE_IDS:
             tuning=TUNING_INPUT,
             label=label_of,
         output:
-            main=directory(f"{OUT}/{TASK.output_dir}/{{image}}{LARGE_SUFFIX}") if LARGE_SUFFIX.endswith(".zarr") else f"{OUT}/{TASK.output_dir}/{{image}}{LARGE_SUFFIX}",
+            main=large_output(f"{OUT}/{TASK.output_dir}/{{image}}{TASK.large_output_suffix}"),
             metrics=f"{OUT}/metrics/{{image}}.csv",
-            **{name: f"{OUT}/{path}" for name, path in TASK.side_outputs.items()},
+            **SIDE_OUTPUTS,
         params:
-            postprocess=CFG["postprocess"],
-            evaluate=CFG["evaluate"],
+            postprocess=smk.rerun_key(CFG["postprocess"]),
+            evaluate=smk.rerun_key(CFG["evaluate"]),
             memory_gb=CFG["predict"]["memory_gb"],
         wildcard_constraints:
-            image=_id_regex(LARGE_IDS),
+            image=smk.id_regex(LARGE_IDS),
         resources:
             mem_mb=int(CFG["predict"]["memory_gb"] * 1024 * 1.5),
         log:
             f"{OUT}/logs/postprocess/{{image}}.log",
         run:
-            stages.run("postprocess", *postprocess_args(input, output, wildcards), segmented_args(input), log=log[0])
+            stages.postprocess(prediction=input.prediction, out=output.main, task=TASK, axes=AXES,
+                               image=image_of(wildcards), side=side_outputs(output),
+                               label=label_value(wildcards), metrics=output.metrics, image_id=wildcards.image,
+                               segmented=segmented_arg(input), log=log[0])
 
 
 rule aggregate:
@@ -67,4 +70,5 @@ rule aggregate:
     log:
         f"{OUT}/logs/aggregate.log",
     run:
-        stages.run("aggregate", list(input), output.metrics, output.summary, CFG, log=log[0])
+        stages.aggregate(metrics=list(input), out_metrics=output.metrics, out_summary=output.summary, task=TASK,
+                         log=log[0])

@@ -13,15 +13,16 @@ if SPLIT_IDS:
         output:
             directory(f"{OUT}/predictions/{{image}}.zarr"),
         params:
-            normalize=CFG["normalize"],
-            axes=CFG["data"]["axes"],
-            predict=PREDICT_PARAMS,
+            normalize=NORMALIZE_KEY,
+            axes=AXES,
+            predict=PREDICT_KEY,
         wildcard_constraints:
-            image=_id_regex(SPLIT_IDS, exclude=False),
+            image=smk.id_regex(SPLIT_IDS),
         log:
             f"{OUT}/logs/predict/{{image}}.log",
         run:
-            stages.run("prepare_prediction", input.image, output[0], CFG, (input.stats[0] if input.stats else None), log=log[0])
+            stages.prepare_prediction(image=input.image, store=output[0], task=TASK,
+                                      stats=(input.stats[0] if input.stats else None), log=log[0])
 
     rule predict_block:
         input:
@@ -31,54 +32,57 @@ if SPLIT_IDS:
         output:
             f"{OUT}/large/{{image}}/predict/{{block}}.done",
         params:
-            predict=PREDICT_PARAMS,
+            predict=PREDICT_KEY,
         threads: CFG["predict"]["threads"]
         resources:
             gpu=1,
             mem_mb=int(CFG["predict"]["memory_gb"] * 1024 * 1.5),
         wildcard_constraints:
-            image=_id_regex(SPLIT_IDS, exclude=False),
+            image=smk.id_regex(SPLIT_IDS),
             block=r"\d+",
         log:
             f"{OUT}/logs/predict/{{image}}/{{block}}.log",
         run:
-            stages.run("predict_block", input.model, input.image, input.store, int(wildcards.block), output[0], CFG, threads, log=log[0])
+            stages.predict_block(model=input.model, image=input.image, store=input.store,
+                                 block=int(wildcards.block), marker=output[0], task=TASK, threads=threads,
+                                 log=log[0])
 
 
-if SEGMENT_BLOCKS:
+if PLAN.segment_blocks:
 
-    rule raw_labels:
+    rule segment_store:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
             blocks=block_markers,
         output:
-            directory(f"{OUT}/large/{{image}}/raw_labels.zarr"),
+            directory(f"{OUT}/large/{{image}}/segments.zarr"),
         wildcard_constraints:
-            image=_id_regex(SPLIT_IDS),
+            image=smk.id_regex(SPLIT_IDS),
         log:
-            f"{OUT}/logs/postprocess/{{image}}/raw_labels.log",
+            f"{OUT}/logs/postprocess/{{image}}/segments.log",
         run:
-            stages.run("raw_labels", input.prediction, output[0], log=log[0])
+            stages.segment_store(prediction=input.prediction, out=output[0], task=TASK, log=log[0])
 
-    # Watershed of one block (with its halo) into the shared id store, chunk-aligned like the
-    # prediction blocks; postprocess_large then merges objects cut by block faces.
+    # One block (with its halo) into the shared store, chunk-aligned like the prediction
+    # blocks; postprocess_large then merges objects cut by block faces.
     rule segment_block:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
             blocks=block_markers,
-            raw=f"{OUT}/large/{{image}}/raw_labels.zarr",
+            store=f"{OUT}/large/{{image}}/segments.zarr",
             tuning=TUNING_INPUT,
         output:
             f"{OUT}/large/{{image}}/segment/{{block}}.npz",
         params:
-            postprocess=CFG["postprocess"],
+            postprocess=smk.rerun_key(CFG["postprocess"]),
             halo=CFG["predict"]["halo"],
         resources:
             mem_mb=int(CFG["predict"]["memory_gb"] * 1024 * 1.5),
         wildcard_constraints:
-            image=_id_regex(SPLIT_IDS),
+            image=smk.id_regex(SPLIT_IDS),
             block=r"\d+",
         log:
             f"{OUT}/logs/postprocess/{{image}}/{{block}}.log",
         run:
-            stages.run("segment_block", input.prediction, input.raw, int(wildcards.block), output[0], CFG, log=log[0])
+            stages.segment_block(prediction=input.prediction, store=input.store, block=int(wildcards.block),
+                                 out=output[0], task=TASK, log=log[0])

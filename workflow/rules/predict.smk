@@ -1,10 +1,7 @@
-# Tiled prediction per image. Runs in the long-lived Snakemake process (threads), so the
-# model is loaded once per process and reused for every image, not once per image.
-# Test images are normalized inside this job (no normalize job per test image: planning
-# thousands of images stays fast, and predict reruns whenever normalization would).
-# Cluster grouping of the per-image rules lives in profiles/slurm (`groups:`), not in the
-# rules: Snakemake's group checks cost O(images^2) even in local runs (docs/cluster.md).
-# Large images split across jobs (predict.split) use rules/large.smk instead.
+# Tiled prediction per image, in the long-lived Snakemake process (threads), so the model is
+# loaded once per process; test images are normalized inside this job. Cluster grouping of the
+# per-image rules lives in profiles/slurm (docs/architecture.md, "start-up cost" and
+# "planning cost"). Large images split across jobs (predict.split) use rules/large.smk.
 
 
 rule predict:
@@ -15,9 +12,9 @@ rule predict:
     output:
         directory(f"{OUT}/predictions/{{image}}.zarr"),
     params:
-        normalize=CFG["normalize"],
-        axes=CFG["data"]["axes"],
-        predict=PREDICT_PARAMS,
+        normalize=NORMALIZE_KEY,
+        axes=AXES,
+        predict=PREDICT_KEY,
     threads: CFG["predict"]["threads"]
     resources:
         gpu=1,
@@ -26,4 +23,7 @@ rule predict:
     log:
         f"{OUT}/logs/predict/{{image}}.log",
     run:
-        stages.run("predict", input.model, input.image, output[0], CFG, threads, (input.stats[0] if input.stats else None), wildcards.image, log=log[0])
+        stages.predict(model=input.model, image=input.image, out=output[0], task=TASK, axes=AXES,
+                       normalize=CFG["normalize"], predict=CFG["predict"], threads=threads,
+                       stats=(input.stats[0] if input.stats else None), large=wildcards.image in LARGE_IDS,
+                       log=log[0])

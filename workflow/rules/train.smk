@@ -17,7 +17,8 @@ rule train_inputs:
         f"{OUT}/logs/train_inputs.log",
     localrule: True
     run:
-        stages.run("manifest", {k: list(v) for k, v in input.items() if k != "pixel_check"}, output[0], log=log[0])
+        stages.manifest(files={k: list(v) for k, v in input.items() if k != "pixel_check"}, out=output[0],
+                        log=log[0])
 
 
 rule train:
@@ -29,14 +30,10 @@ rule train:
         history=f"{OUT}/model/history.csv",
         curve=f"{OUT}/model/training_curve.png",
     params:
-        train=_train_params(),
-        workflow=CFG["workflow"],
-        seed=CFG["seed"],
-        targets=CFG["targets"],
-        ndim=CFG["ndim"],
+        **smk.train_params(CFG),
     threads: CFG["train"]["threads"]
     resources:
-        **_train_resources(),
+        **smk.train_resources(CFG),
     log:
         f"{OUT}/logs/train.log",
     benchmark:

@@ -1,7 +1,7 @@
 # Post-processing thresholds tuned on the validation images (when the config asks for it).
 
 
-if TASK.tuning_file():
+if TUNING_INPUT:
 
     # Validation images are normalized for training, so predicting them inside the per_image
     # group would put train between two jobs of one group; they get their own rule (and, on a
@@ -13,28 +13,30 @@ if TASK.tuning_file():
         output:
             directory(f"{OUT}/tuning/predictions/{{image}}.zarr"),
         params:
-            predict=PREDICT_PARAMS,
+            predict=PREDICT_KEY,
         threads: CFG["predict"]["threads"]
         resources:
             gpu=1,
         log:
             f"{OUT}/logs/tuning/predict/{{image}}.log",
         run:
-            stages.run("predict", input.model, input.image, output[0], CFG, threads, None, wildcards.image, True, log=log[0])
+            stages.predict(model=input.model, image=input.image, out=output[0], task=TASK, axes=AXES,
+                           normalize=CFG["normalize"], predict=CFG["predict"], threads=threads, normalized=True,
+                           log=log[0])
 
     rule tune:
         input:
             predictions=expand(f"{OUT}/tuning/predictions/{{image}}.zarr", image=VAL_IDS),
             labels=[SAMPLES[i].label for i in VAL_IDS],
         output:
-            TASK.tuning_file(),
+            TUNING_INPUT[0],
         params:
-            postprocess=CFG["postprocess"],
-            evaluate=CFG["evaluate"],
+            postprocess=smk.rerun_key(CFG["postprocess"]),
+            evaluate=smk.rerun_key(CFG["evaluate"]),
             voxel_size=CFG["data"]["voxel_size"],
         log:
             f"{OUT}/logs/tune.log",
         benchmark:
             f"{OUT}/benchmarks/tune.tsv"
         run:
-            stages.run("tune", input.predictions, input.labels, output[0], CFG, log=log[0])
+            stages.tune(predictions=input.predictions, labels=input.labels, out=output[0], task=TASK, log=log[0])

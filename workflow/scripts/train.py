@@ -1,18 +1,12 @@
-"""Thin: hand the training set listed in the train rule's manifest to biapipe.stages.train."""
+"""Thin: training runs as its own process; hand the rule's files to biapipe's train stage."""
 
 from pathlib import Path
 
-from biapipe import imageio, stages
+from biapipe.core.config import Section
+from biapipe.tasks import get_task
+from biapipe.workflow import stages
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-files = imageio.read_json(sm.input.manifest)
-stages.train(
-    files["train_images"],
-    files["train_targets"],
-    files["val_images"],
-    files["val_targets"],
-    Path(sm.output.best).parent,
-    sm.config,
-    log_path=sm.log[0],
-    threads=sm.threads,
-)
+cfg = Section(sm.config)
+stages.train(manifest=sm.input.manifest, model_dir=str(Path(sm.output.best).parent), cfg=cfg, task=get_task(cfg),
+             threads=sm.threads, log=sm.log[0])

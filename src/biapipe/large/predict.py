@@ -1,6 +1,6 @@
 """Block-wise tiled prediction written straight into a Zarr store.
 
-The tile grid, blend windows and weight sums are those of :func:`biapipe.tiling.run_tiled`
+The tile grid, blend windows and weight sums are those of :func:`biapipe.inference.tiling.run_tiled`
 over the *whole* volume; a block only selects the tiles that give weight to its voxels and
 normalises with its slice of the global weight sums. So every voxel receives exactly the
 same weighted tile predictions, in the same order, as whole-volume prediction: the result
@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..tiling import (
+from ..core.errors import ConfigError
+from ..data.blocks import Block, block_grid, choose_block_shape
+from ..inference.tiling import (
     DEFAULT_TRIM,
     BatchFn,
     TileGrid,
@@ -32,8 +34,6 @@ from ..tiling import (
     tile_grid,
     weight_sums_1d,
 )
-from ..errors import ConfigError
-from .blocks import Block, block_grid, choose_block_shape
 
 
 class BlockPredictor:

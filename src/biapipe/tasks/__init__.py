@@ -1,33 +1,37 @@
-"""Registry of workflows: config ``workflow`` name -> Task class."""
+"""The workflows: one Task per folder, found by the config's ``workflow`` name.
+
+A new workflow is a folder here with its Task subclass, one line in ``REGISTRY``, and a
+section in the config schema (docs/architecture.md lists the files).
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import Task
+
+#: workflow name -> "module:class" under biapipe.tasks (imported on first use, so a run pays
+#: only for the workflow it runs)
+REGISTRY: dict[str, str] = {
+    "semantic": "semantic.task:SemanticTask",
+    "instance": "instance.task:InstanceTask",
+    "detection": "detection.task:DetectionTask",
+    "classification": "classification.task:ClassificationTask",
+}
+
+
+def task_class(name: str) -> type[Task]:
+    if name not in REGISTRY:
+        raise ConfigError("workflow", f"'{name}' is not one of {', '.join(REGISTRY)}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
 def get_task(cfg: dict[str, Any]) -> Task:
-    """Instantiate the Task for ``cfg['workflow']``; imports lazily to keep start-up cheap."""
-    name = cfg["workflow"]
-    if name == "semantic":
-        from .semantic import SemanticTask
-
-        return SemanticTask(cfg)
-    if name == "instance":
-        from .instance import InstanceTask
-
-        return InstanceTask(cfg)
-    if name == "detection":
-        from .detection import DetectionTask
-
-        return DetectionTask(cfg)
-    if name == "classification":
-        from .classification import ClassificationTask
-
-        return ClassificationTask(cfg)
-    raise ConfigError("workflow", f"'{name}' is not implemented yet")
+    """The Task of ``cfg['workflow']``, configured by ``cfg``."""
+    return task_class(cfg["workflow"])(cfg)
 
 
-__all__ = ["Task", "get_task"]
+__all__ = ["REGISTRY", "Task", "get_task", "task_class"]

@@ -1,113 +1,230 @@
-"""The contract every workflow (semantic, instance, detection, ...) fulfils.
+"""The contract every workflow fulfils: one Task subclass per folder under ``tasks/``.
 
-Training and prediction are written once against this interface; a new workflow adds
-a Task subclass (targets, loss, activation, post-processing, metrics) and nothing in
-``train.py`` or ``predict.py`` changes.
+Everything that differs between workflows is a method or attribute declared here, with
+the common behaviour as its default, so nothing outside ``tasks/<name>/`` asks which
+workflow it runs: samples ask the task what a label is, training asks it for datasets,
+a network spec and a loss, prediction for the activation, the workflow for the outputs
+and the extra tables. Task modules import torch only inside the methods that need it:
+the workflow builds a task at every parse (docs/architecture.md, "start-up cost").
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not pay for it
+from ..core import imageio
+from ..core.errors import ConfigError, InputError
+from ..core.imageio import IMAGE_SUFFIXES
+from ..data.demo import demo_ids, make_demo_data
+from ..data.samples import Dataset, Sample, list_images, pair_split, split_validation
+
+if TYPE_CHECKING:
     import torch
 
+    from ..data.patches import PatchData, PathPair
 
-class Task(ABC):
+
+class Task:
     """Workflow-specific behaviour, configured by the validated experiment config."""
 
     #: value of the config's ``workflow`` key
     name: ClassVar[str]
-    #: folder under results/{experiment}/ holding post-processed outputs
+    #: folder under results/{experiment}/ holding post-processed outputs, and one output's suffix
     output_dir: ClassVar[str]
-    #: file suffix of one post-processed output
     output_suffix: ClassVar[str]
-
+    #: suffix of the output of an image processed block by block; None: no block-wise path
+    large_output_suffix: ClassVar[str | None] = None
     #: extra per-image outputs of post-processing: name -> path under results/{experiment}/ with {image}
     side_outputs: ClassVar[dict[str, str]] = {}
+    #: what a sample's label is: ``image`` (a label image), ``table`` (a CSV of points) or ``class`` (a name)
+    label_kind: ClassVar[str] = "image"
+    #: file suffixes of label files
+    label_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
+    #: one forward pass per whole (resized) image instead of tiles
+    whole_image: ClassVar[bool] = False
+    #: whether ``train.monitor: iou | f1`` applies (patches with foreground maps)
+    scores_patches: ClassVar[bool] = True
+    #: large images split across jobs are also segmented by one job per block, then merged
+    splits_segmentation: ClassVar[bool] = False
+    #: experiment-level tables made from every test image's output: name -> file under results/{experiment}/
+    outputs_tables: ClassVar[dict[str, str]] = {}
+    #: experiment-level figures made from metrics.csv: name -> file under results/{experiment}/
+    metrics_tables: ClassVar[dict[str, str]] = {}
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
         self.ndim: int = cfg["ndim"]
 
-    # ------------------------------------------------------------------ ground truth
-    def read_label(self, path: str | Path, image_shape: tuple[int, ...]) -> Any:
-        """Read one ground-truth file for an image of spatial shape ``image_shape``.
+    @property
+    def labels_are_files(self) -> bool:
+        return self.label_kind != "class"
 
-        Label images by default; workflows whose ground truth is a table (points) override
-        this. Raises InputError naming ``path`` when it does not fit the image.
-        """
-        from ..errors import InputError
-        from ..imageio import read_label
+    # ------------------------------------------------------------------ samples (parse time: no torch)
+    def split_samples(self, split: str, spec: dict[str, Any]) -> list[Sample]:
+        """The samples of ``data.<split>``: images paired with label files by name."""
+        return pair_split(split, spec, label_required=split != "test", label_suffixes=self.label_suffixes)
 
-        label = read_label(path, self.ndim)
-        if tuple(label.shape) != tuple(image_shape):
-            raise InputError(path, f"label shape {tuple(label.shape)} does not match its image of shape {tuple(image_shape)}")
+    def sheet_label_column(self) -> str:
+        """The sample-sheet column holding each image's label."""
+        return "label"
+
+    def demo_samples(self) -> list[Sample]:
+        """The samples the demo-data rule will write, known before the files exist."""
+        demo = self.cfg["data"]["demo"]
+        folder = Path(demo["folder"])
+        labels, suffix = self.demo_label_folder()
+        return [Sample(i, str(folder / split / "images" / f"{i}.tif"), str(folder / split / labels / f"{i}{suffix}"),
+                       split)
+                for split, names in demo_ids(demo["n_train"], demo["n_val"], demo["n_test"]).items() for i in names]
+
+    def demo_label_folder(self) -> tuple[str, str]:
+        """(folder, suffix) of the demo labels this workflow learns from."""
+        return "labels", ".tif"
+
+    def write_demo(self) -> None:
+        """Write the demo data that :meth:`demo_samples` announced."""
+        d = self.cfg["data"]["demo"]
+        make_demo_data(d["folder"], self.ndim, d["n_train"], d["n_val"], d["n_test"], d["size"], self.cfg["seed"])
+
+    def finish_dataset(self, ds: Dataset) -> None:
+        """Checks and settings that need all samples (e.g. the class names); none by default."""
+
+    def split_validation(self, train: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+        """Hold out whole images for validation when ``data.val`` is absent."""
+        return split_validation(train, fraction, seed)
+
+    def settled_config(self, ds: Dataset) -> dict[str, Any]:
+        """The config every job receives, with what discovery settled (e.g. class names)."""
+        return self.cfg
+
+    # ------------------------------------------------------------------ ground truth and targets
+    def read_label(self, path: str | Path, image_shape: tuple[int, ...] | None) -> Any:
+        """Read one ground-truth file for an image of spatial shape ``image_shape`` (unchecked
+        when None); raises InputError naming ``path`` when it does not fit the image."""
+        label = imageio.read_label(path, self.ndim)
+        if image_shape is not None and tuple(label.shape) != tuple(image_shape):
+            raise InputError(path, f"label shape {tuple(label.shape)} does not match its image of shape "
+                                   f"{tuple(image_shape)}")
         return label
 
-    # ------------------------------------------------------------------ training side
-    @abstractmethod
     def out_channels(self) -> int:
-        """Number of channels the model must output (logits)."""
+        """Number of channels the model outputs (logits)."""
+        raise NotImplementedError
 
-    @abstractmethod
     def make_targets(self, label: Any, path: str | Path | None = None) -> np.ndarray:
-        """Turn what read_label returned (a (Z)YX label image by default) into the (Z)YXC training target stored in targets/{image}.zarr.
+        """What read_label returned -> the (Z)YXC training target (class maps int, -1 ignored; else float maps)."""
+        raise NotImplementedError
 
-        Integer targets (class maps) use -1 for ignored pixels; float targets are per-channel maps.
-        Raises InputError naming ``path`` when the labels do not fit the task (e.g. class out of range).
-        """
-
-    @abstractmethod
     def foreground(self, target: np.ndarray) -> np.ndarray:
         """Boolean (Z)YX mask of pixels worth centring a training patch on."""
+        raise NotImplementedError
 
-    @abstractmethod
+    # ------------------------------------------------------------------ training
+    def build_datasets(self, train_pairs: Sequence[PathPair], val_pairs: Sequence[PathPair],
+                       augment_on_device: bool = False) -> PatchData:
+        """Training and validation data: random foreground-biased patches by default."""
+        from ..data.patches import build_datasets
+
+        return build_datasets(self.cfg, self, train_pairs, val_pairs, augment_on_device)
+
+    def model_spec(self, in_channels: int) -> dict[str, Any]:
+        """The network to train: a U-Net from ``train.model`` by default."""
+        from ..models.registry import divisor_per_axis
+        from ..models.unet import unet_spec
+
+        tcfg = self.cfg["train"]
+        spec = unet_spec(tcfg["model"], self.ndim, in_channels, self.out_channels(), self.cfg["data"]["voxel_size"],
+                         tcfg["patch_size"])
+        per_axis = divisor_per_axis(spec)
+        if any(int(p) % d for p, d in zip(tcfg["patch_size"], per_axis)):
+            raise ConfigError("train.patch_size", f"{list(tcfg['patch_size'])} must be a multiple of {list(per_axis)} "
+                                                  f"per axis for a network of depth {spec['depth']}")
+        return spec
+
     def loss(self) -> torch.nn.Module:
         """Loss taking (logits N,C,(Z)YX, target N,Ct,(Z)YX) and returning a scalar."""
+        raise NotImplementedError
 
-    # ------------------------------------------------------------------ prediction side
-    @abstractmethod
+    def object_counts(self, prediction: np.ndarray, target: np.ndarray) -> tuple[int, int, int] | None:
+        """(TP, FP, FN) objects at IoU 0.5 of one activated (Z)YXC validation patch against its
+        target, for ``train.monitor: f1``; None when the workflow has no objects to count."""
+        return None
+
+    # ------------------------------------------------------------------ prediction
     def activate(self, logits: torch.Tensor) -> torch.Tensor:
-        """Map logits N,C,(Z)YX to the quantities that are blended across tiles and stored."""
+        """Logits N,C,(Z)YX -> the quantities that are blended across tiles and stored."""
+        raise NotImplementedError
 
-    @abstractmethod
+    def activation_spec(self) -> list[list[Any]]:
+        """:meth:`activate` as plain data, for an exported model (models.packaged.ActivatedNet)."""
+        raise ConfigError("workflow", f"models of the {self.name} workflow cannot be exported yet")
+
+    def output_channel_names(self) -> list[str]:
+        """Names of the stored prediction channels (exported models name them)."""
+        return [f"channel_{c}" for c in range(self.out_channels())]
+
+    def predict_whole(self, model_path: str | Path, image: np.ndarray, out_zarr: str | Path) -> None:
+        """Whole-image tasks (``whole_image``): predict one normalized image into ``out_zarr``."""
+        raise NotImplementedError(f"the {self.name} workflow predicts by tiles")
+
+    # ------------------------------------------------------------------ post-processing
     def postprocess(self, prediction: np.ndarray) -> Any:
-        """Turn a (Z)YXC prediction into the final output (mask, labels, points table)."""
+        """A (Z)YXC prediction -> the final output (mask, labels, points, class)."""
+        raise NotImplementedError
+
+    def write_output(self, path: str | Path, output: Any) -> None:
+        raise NotImplementedError
+
+    def read_output(self, path: str | Path) -> Any:
+        raise NotImplementedError
 
     def write_side_outputs(self, paths: dict[str, str], output: Any, image: np.ndarray | None) -> None:
         """Write the files named in ``side_outputs`` (e.g. a per-object table); none by default."""
 
-    # ------------------------------------------------------------------ threshold tuning
     def tuning_file(self) -> str | None:
-        """Path of the tuned-thresholds JSON that post-processing needs, or None if it needs none."""
+        """Path of the tuned-thresholds JSON that post-processing needs, or None."""
         return None
 
-    def tune_files(self, prediction_paths: Any, label_paths: Any, out_json: Any = None) -> dict[str, Any]:
+    def tune_files(self, prediction_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                   out_json: str | Path) -> dict[str, Any]:
         """Search post-processing thresholds on validation predictions; write them to ``out_json``."""
-        raise NotImplementedError(f"workflow '{self.name}' has no threshold tuning")
+        raise NotImplementedError(f"the {self.name} workflow has no threshold tuning")
 
-    @abstractmethod
-    def write_output(self, path: str | Path, output: Any) -> None:
-        """Write a post-processed output atomically."""
+    # ------------------------------------------------------------------ large images (block by block)
+    def postprocess_large(self, pred_zarr: str | Path, out_path: str | Path, side: dict[str, str] | None,
+                          image_path: str | None, segmented: tuple[str, list[str]] | None) -> None:
+        """Post-process a prediction made block by block, with memory bounded by blocks."""
+        raise ConfigError("predict.large_voxels", f"the {self.name} workflow has no block-wise path for large images")
 
-    @abstractmethod
-    def read_output(self, path: str | Path) -> Any:
-        """Read back what write_output wrote."""
+    def segment_block_ids(self, image_shape: Sequence[int]) -> list[int]:
+        """With ``splits_segmentation``: the segmentation blocks of an image of (Z)YXC shape."""
+        raise NotImplementedError
+
+    def create_segment_store(self, pred_zarr: str | Path, store: str | Path) -> None:
+        """With ``splits_segmentation``: the empty store that segmentation block jobs fill."""
+        raise NotImplementedError
+
+    def segment_block(self, pred_zarr: str | Path, store: str | Path, block: int, record: str | Path) -> None:
+        """With ``splits_segmentation``: segment one block into ``store``; what the merge needs to ``record``."""
+        raise NotImplementedError
+
+    def evaluate_large(self, output_path: str | Path, label_path: str | Path) -> dict[str, float]:
+        """Scores of a block-wise output against a ground truth that may exceed memory."""
+        raise ConfigError("predict.large_voxels", f"the {self.name} workflow cannot score large images")
 
     # ------------------------------------------------------------------ metrics
-    @abstractmethod
-    def evaluate(self, output: Any, label: Any) -> dict[str, float]:
+    def evaluate(self, output: Any, label: Any, path: str | Path | None = None) -> dict[str, Any]:
         """Metrics of one image: post-processed output against what read_label returned."""
+        raise NotImplementedError
 
     def write_details(self, out_csv_path: str | Path, output: Any, label: Any) -> None:
-        """Write per-image details beside the metrics file ``out_csv_path`` (e.g. which point
-        matched which, for inspection); none by default. Must write atomically (imageio)."""
+        """Per-image details beside the metrics file (e.g. point assignments); none by default."""
 
     def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
         """Dataset-level figures from the per-image table (default: mean of numeric columns)."""
@@ -115,3 +232,30 @@ class Task(ABC):
         row = {"n_images": len(metrics)}
         row.update({f"mean_{c}": float(numeric[c].mean()) for c in numeric.columns})
         return pd.DataFrame([row])
+
+    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path) -> pd.DataFrame:
+        """Per-image scores of a folder of outputs against a folder of ground truth, paired by
+        name (``biapipe evaluate``)."""
+        suffixes = IMAGE_SUFFIXES if self.output_suffix in IMAGE_SUFFIXES else (self.output_suffix,)
+        preds = list_images(pred_dir, suffixes)
+        gts = list_images(gt_dir, self.label_suffixes)
+        missing = sorted(set(gts) - set(preds))
+        if missing:
+            raise InputError(pred_dir, f"no prediction for ground truth '{missing[0]}' ({len(missing)} missing)")
+        rows = [{"image": i, **self.evaluate(self.read_output(preds[i]), self.read_label(path, None))}
+                for i, path in gts.items()]
+        return pd.DataFrame(rows)
+
+    def write_outputs_tables(self, per_image_outputs: Sequence[str | Path], paths: dict[str, str]) -> None:
+        """Write :attr:`outputs_tables` from every test image's output."""
+
+    def write_metrics_tables(self, metrics_csv: str | Path, paths: dict[str, str]) -> None:
+        """Write :attr:`metrics_tables` from metrics.csv."""
+
+
+def quiet(fn: Any, *args: Any, category: type[Warning] = UserWarning) -> Any:
+    """``fn(*args)`` with warnings of ``category`` silenced (early models often yield none of
+    what post-processing looks for, and say so once per patch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        return fn(*args)

@@ -1,0 +1,1 @@
+"""Foundations every layer uses: errors, config sections, image I/O, axes, OME-Zarr, devices."""

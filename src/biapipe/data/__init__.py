@@ -1,0 +1,1 @@
+"""Data: samples and splits, validation, normalization, patches, augmentation, demo data, lazy volumes."""

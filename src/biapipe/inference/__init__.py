@@ -1,0 +1,1 @@
+"""Inference: loaded models, tiled prediction with blending, test-time augmentation, model export."""

@@ -1,0 +1,1 @@
+"""Networks described by plain-dict specs (see registry.py), and their checkpoints."""

@@ -1,0 +1,124 @@
+"""The U-Net: one class for 2D and 3D, plain, residual or attention-gated, with per-level
+z pooling for anisotropic volumes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.errors import ConfigError
+from .layers import ConvBlock, ResBlock, UpBlock, layer_classes
+
+UNET_ARCHITECTURES = ("unet", "resunet", "attention_unet")
+
+#: ``pool_z: auto`` keeps z unpooled while z spacing exceeds this multiple of the YX spacing.
+ANISOTROPY_LIMIT = 2.0
+
+
+class UNet(nn.Module):
+    """U-Net with ``depth`` pooling steps; feature maps double at each level from ``width``.
+
+    ``arch`` picks the blocks: ``unet`` (plain double convolutions), ``resunet``
+    (residual blocks), ``attention_unet`` (plain blocks, attention gates on the skips).
+    ``pool_z`` (3D) says per level whether z is pooled too or only YX (anisotropic
+    volumes). Spatial input sizes must be multiples of :func:`divisor`; the output has
+    the input's spatial size and ``out_channels`` logits.
+    """
+
+    def __init__(self, ndim: int, in_channels: int, out_channels: int, depth: int = 3, width: int = 16,
+                 norm: str = "batch", dropout: float = 0.0, arch: str = "unet",
+                 pool_z: Sequence[bool] | None = None) -> None:
+        super().__init__()
+        block = ResBlock if arch == "resunet" else ConvBlock
+        factors = pool_factors(ndim, depth, pool_z)
+        widths = [width * 2**level for level in range(depth + 1)]
+        self.encoders = nn.ModuleList()
+        ch = in_channels
+        for w in widths[:-1]:
+            self.encoders.append(block(ndim, ch, w, norm))
+            ch = w
+        pool = layer_classes(ndim)["pool"]
+        self.pools = nn.ModuleList(pool(kernel_size=f, stride=f) for f in factors)
+        self.bottleneck = block(ndim, ch, widths[-1], norm, dropout)
+        self.decoders = nn.ModuleList(
+            UpBlock(ndim, widths[level + 1], widths[level], widths[level], norm, factors[level], block,
+                    attention=arch == "attention_unet")
+            for level in reversed(range(depth))
+        )
+        self.head = layer_classes(ndim)["conv"](widths[0], out_channels, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for encoder, pool in zip(self.encoders, self.pools):
+            x = encoder(x)
+            skips.append(x)
+            x = pool(x)
+        x = self.bottleneck(x)
+        for decoder, skip in zip(self.decoders, reversed(skips)):
+            x = decoder(x, skip)
+        return self.head(x)
+
+
+def pool_factors(ndim: int, depth: int, pool_z: Sequence[bool] | None = None) -> list[tuple[int, ...]]:
+    """Per level, the pooling (= up-sampling) factor of each spatial axis."""
+    if ndim == 2:
+        return [(2, 2)] * depth
+    flags = [True] * depth if pool_z is None else [bool(f) for f in pool_z]
+    return [(2 if f else 1, 2, 2) for f in flags]
+
+
+def resolve_pool_z(setting: Any, depth: int, voxel_size: Sequence[float] | None = None,
+                   patch_z: int | None = None) -> list[bool]:
+    """Which levels of a 3D network pool z, from ``train.model.pool_z``.
+
+    ``true``/``false``: every level or none; a list: one flag per level; ``auto``: like
+    nnU-Net, leave z alone while its (current) spacing is more than twice the YX spacing,
+    so features become about isotropic before z is reduced; and never pool a z extent
+    that is odd (the patch would not fit the network). Both spacings double with each
+    pooling.
+    """
+    key = "train.model.pool_z"
+    if isinstance(setting, bool):
+        return [setting] * depth
+    if isinstance(setting, list | tuple):
+        if len(setting) != depth or not all(isinstance(f, bool) for f in setting):
+            raise ConfigError(key, f"a list needs one true/false per level ({depth}), got {list(setting)}")
+        return list(setting)
+    if setting != "auto":
+        raise ConfigError(key, f"must be auto, true, false or a list of booleans, got {setting!r}")
+    z_sp, xy_sp = (float(voxel_size[0]), float(min(voxel_size[1:]))) if voxel_size else (1.0, 1.0)
+    flags = []
+    for _ in range(depth):
+        pool = z_sp <= ANISOTROPY_LIMIT * xy_sp and (patch_z is None or patch_z % 2 == 0)
+        flags.append(pool)
+        xy_sp *= 2
+        if pool:
+            z_sp *= 2
+            patch_z = None if patch_z is None else patch_z // 2
+    return flags
+
+
+def unet_spec(model: dict[str, Any], ndim: int, in_channels: int, out_channels: int,
+              voxel_size: Sequence[float] | None, patch_size: Sequence[int]) -> dict[str, Any]:
+    """The spec of a U-Net from the ``train.model`` section; channel counts come from data and task.
+
+    3D specs carry the resolved per-level ``pool_z`` flags, so a checkpoint rebuilds the
+    same network whatever the voxel size of later data.
+    """
+    spec = {
+        "arch": model["arch"], "ndim": int(ndim), "in_channels": int(in_channels),
+        "out_channels": int(out_channels), "depth": int(model["depth"]), "width": int(model["width"]),
+        "norm": model["norm"], "dropout": float(model["dropout"]),
+    }
+    if spec["ndim"] == 3:
+        spec["pool_z"] = resolve_pool_z(model["pool_z"], spec["depth"], voxel_size, int(patch_size[0]))
+    return spec
+
+
+def build_unet(spec: dict[str, Any]) -> UNet:
+    return UNet(ndim=spec["ndim"], in_channels=spec["in_channels"], out_channels=spec["out_channels"],
+                depth=spec["depth"], width=spec["width"], norm=spec["norm"], dropout=float(spec["dropout"]),
+                arch=spec["arch"], pool_z=spec.get("pool_z"))

@@ -1,0 +1,1 @@
+"""The classification workflow (task.py: its Task)."""

@@ -1,0 +1,1 @@
+"""The detection workflow (task.py: its Task)."""

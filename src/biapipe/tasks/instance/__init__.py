@@ -1,0 +1,1 @@
+"""The instance workflow (task.py: its Task)."""

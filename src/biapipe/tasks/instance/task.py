@@ -1,0 +1,245 @@
+"""Instance segmentation: every object gets its own label id.
+
+The model predicts per-pixel maps chosen in ``targets.instance.channels`` (foreground,
+contour, distances, centroids, touching areas); a marker-controlled watershed turns
+them back into objects, and objects are scored by one-to-one IoU matching.
+
+Activation follows the loss of each channel, so what is stored is what the loss
+trained: ``bce``/``dice``/``bce_dice`` channels are trained through a sigmoid and are
+activated by one; ``l1``/``mse`` channels are regressed on the raw output and are only
+clamped to their range ([0, 1], or [-1, 1] for the signed distance). A tanh on a
+regressed signed distance would squash values the network already learned (0.76 for 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not pay for it
+    import torch
+
+from ...core import imageio
+from ...core.errors import ConfigError, InputError
+from ...data.blocks import Block
+from ...large.volumes import open_raw
+from ..base import quiet
+from ..label_images import LabelImageTask
+from .large import (
+    create_raw_labels,
+    instance_metrics_blocks,
+    merge_segmented,
+    segment_all_blocks,
+    segment_block_ids,
+    segment_block_job,
+)
+from .metrics import matching_metrics, summarize_matching
+from .objects import object_table_blocks
+from .postprocess import InstanceParams, instance_postprocess, label_dtype, object_table
+from .targets import (
+    BINARY_CHANNELS,
+    CHANNEL_RANGES,
+    TargetSpec,
+    instance_targets,
+    prepare_labels,
+)
+from .tuning import tune_thresholds
+
+#: Loss of each channel when ``targets.instance.loss`` is not given.
+DEFAULT_LOSS = {"foreground": "bce_dice", "contour": "bce_dice", "centroid": "bce_dice", "touching": "bce_dice",
+                "distance": "l1", "signed_distance": "l1"}
+SIGMOID_KINDS = frozenset({"bce", "dice", "bce_dice"})
+
+
+def tuned_thresholds_path(cfg: dict[str, Any]) -> Path:
+    """Where the tuning step writes, and ``postprocess.instance.tuned`` reads, the thresholds."""
+    return Path(cfg["results"]) / cfg["experiment"] / "tuning" / "instance_thresholds.json"
+
+
+class InstanceTask(LabelImageTask):
+    name: ClassVar[str] = "instance"
+    output_dir: ClassVar[str] = "labels"
+    side_outputs: ClassVar[dict[str, str]] = {"objects": "objects/{image}.csv"}
+    splits_segmentation: ClassVar[bool] = True
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__(cfg)
+        tcfg = cfg["targets"]["instance"]
+        self.voxel_size: list[float] | None = cfg["data"]["voxel_size"]
+        self.spec = TargetSpec.from_config(tcfg, self.voxel_size)
+        self.channels: tuple[str, ...] = self.spec.channels
+        self.loss_kinds = _loss_kinds(self.channels, tcfg["loss"])
+        self.loss_weights = _loss_weights(self.channels, tcfg["loss_weights"])
+        self.pp_cfg: dict[str, Any] = cfg["postprocess"]["instance"]
+        self.params = InstanceParams.from_config(self.pp_cfg)
+        self.iou_thresholds: list[float] = list(cfg["evaluate"]["iou_thresholds"])
+
+    # ------------------------------------------------------------------ training side
+    def out_channels(self) -> int:
+        return len(self.channels)
+
+    def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+        return instance_targets(prepare_labels(label, path), self.spec)
+
+    def foreground(self, target: np.ndarray) -> np.ndarray:
+        for name, level in (("foreground", 0.5), ("signed_distance", 0.0), ("distance", 0.0)):
+            if name in self.channels:
+                return target[..., self.channels.index(name)] > level
+        raise AssertionError("check_channels guarantees a foreground-like channel")
+
+    def loss(self) -> torch.nn.Module:
+        from ...training.losses import PerChannelLoss
+
+        weights = self.cfg["train"]["loss"]
+        return PerChannelLoss(self.loss_kinds, self.loss_weights, bce_weight=weights["ce"], dice_weight=weights["dice"])
+
+    def object_counts(self, prediction: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
+        """Objects at IoU 0.5 of the watershed on the prediction against the watershed on the
+        target (which turns it back into the objects it was made from), with the configured
+        ``postprocess.instance`` values (tuned thresholds need a trained model)."""
+        pred = quiet(instance_postprocess, prediction, self.channels, self.params, self.voxel_size)
+        true = quiet(instance_postprocess, target, self.channels, self.params, self.voxel_size)
+        m = matching_metrics(pred, true, [0.5])
+        return int(m["tp@0.5"]), int(m["fp@0.5"]), int(m["fn@0.5"])
+
+    # ------------------------------------------------------------------ prediction side
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        parts = []
+        for c, (name, kind) in enumerate(zip(self.channels, self.loss_kinds)):
+            x = logits[:, c:c + 1]
+            if kind in SIGMOID_KINDS:
+                parts.append(torch.sigmoid(x))
+            else:
+                low, high = CHANNEL_RANGES[name]
+                parts.append(x.clamp(low, high))
+        return torch.cat(parts, dim=1)
+
+    def postprocess(self, prediction: np.ndarray) -> np.ndarray:
+        return instance_postprocess(prediction, self.channels, self.postprocess_params(), self.voxel_size)
+
+    def postprocess_params(self) -> InstanceParams:
+        """Config thresholds, replaced by the tuned ones when ``postprocess.instance.tuned`` is set."""
+        if not self.pp_cfg["tuned"]:
+            return self.params
+        path = tuned_thresholds_path(self.cfg)
+        if not path.is_file():
+            raise InputError(path, "postprocess.instance.tuned is true but the tuned thresholds file does not "
+                                   "exist; run the tuning step on validation data first")
+        tuned = imageio.read_json(path)
+        if list(tuned.get("channels", [])) != list(self.channels):
+            raise InputError(path, f"thresholds were tuned for channels {tuned.get('channels')} but "
+                                   f"targets.instance.channels is {list(self.channels)}; tune again")
+        return self.params.with_thresholds(tuned["thresholds"])
+
+    def write_output(self, path: str | Path, output: np.ndarray) -> None:
+        output = np.asarray(output)
+        imageio.write_tiff(path, output.astype(label_dtype(int(output.max(initial=0))), copy=False))
+
+    def read_output(self, path: str | Path) -> np.ndarray:
+        return imageio.read_label(path, self.ndim)
+
+    def tuning_file(self) -> str | None:
+        return str(tuned_thresholds_path(self.cfg)) if self.pp_cfg["tuned"] else None
+
+    def write_side_outputs(self, paths: dict[str, str], output: np.ndarray, image: np.ndarray | None) -> None:
+        imageio.write_csv(paths["objects"], self.objects(output, image))
+
+    def objects(self, labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
+        """Per-object table (label, size, centroid, bounding box, mean intensity when ``image`` is given)."""
+        return object_table(labels, image, self.voxel_size)
+
+    # ------------------------------------------------------------------ threshold tuning
+    def tune(self, predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> dict[str, Any]:
+        """Tune seed/mask thresholds on validation predictions (activated, (Z)YXC) and their labels."""
+        gts = [prepare_labels(lab) for lab in labels]
+        return tune_thresholds(predictions, gts, self.channels, self.params, self.voxel_size)
+
+    def tune_files(self, prediction_paths: Sequence[str | Path], label_paths: Sequence[str | Path],
+                   out_json: str | Path) -> dict[str, Any]:
+        """File-level tuning for the workflow: reads predictions (Zarr) and labels, writes the JSON."""
+        predictions = [imageio.read_array(p) for p in prediction_paths]
+        labels = [prepare_labels(imageio.read_label(p, self.ndim), p) for p in label_paths]
+        for pred, lab, path in zip(predictions, labels, prediction_paths):
+            if pred.shape[:-1] != lab.shape:
+                raise InputError(path, f"prediction of shape {pred.shape[:-1]} does not match its label {lab.shape}")
+        result = tune_thresholds(predictions, labels, self.channels, self.params, self.voxel_size)
+        imageio.write_json(out_json, result)
+        return result
+
+    # ------------------------------------------------------------------ metrics
+    def evaluate(self, output: np.ndarray, label: np.ndarray, path: str | Path | None = None) -> dict[str, float]:
+        gt = prepare_labels(label, path)
+        output = np.asarray(output)
+        if output.shape != gt.shape:
+            raise InputError(path, f"prediction of shape {output.shape} does not match ground truth of shape "
+                                   f"{gt.shape}")
+        return matching_metrics(output, gt, self.iou_thresholds)
+
+    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+        """Pooled figures (summed TP/FP/FN over images) and per-image means, per IoU threshold."""
+        return pd.DataFrame([summarize_matching(metrics, self.iou_thresholds)])
+
+    # ------------------------------------------------------------------ large images
+    def segment_blocks(self, pred: Any, out: Any, blocks: list[Block], work: Path,
+                       segmented: tuple[str, list[str]] | None) -> int:
+        if segmented is not None:  # segmented by block jobs: only the seam merge is left
+            return merge_segmented(out, blocks, segmented, self.postprocess_params())
+        return segment_all_blocks(pred, out, blocks, work, self.cfg["predict"], self.channels,
+                                  self.postprocess_params(), self.voxel_size)
+
+    def segment_block_ids(self, image_shape: Sequence[int]) -> list[int]:
+        return segment_block_ids(image_shape, self.out_channels(), self.cfg["predict"])
+
+    def create_segment_store(self, pred_zarr: str | Path, store: str | Path) -> None:
+        create_raw_labels(pred_zarr, store)
+
+    def segment_block(self, pred_zarr: str | Path, store: str | Path, block: int, record: str | Path) -> None:
+        segment_block_job(pred_zarr, store, block, record, self.cfg["predict"], self.channels,
+                          self.postprocess_params(), self.voxel_size)
+
+    def write_side_outputs_large(self, side: dict[str, str], labels: Any, blocks: list[Block], n: int,
+                                 image_path: str | None) -> None:
+        image = open_raw(image_path, self.ndim, self.cfg["data"]["axes"], self.cfg["predict"]) if image_path else None
+        imageio.write_csv(side["objects"], object_table_blocks(labels, blocks, n, image, self.voxel_size))
+
+    def score_blocks(self, pred: Any, gt: Any, blocks: list[Block], label_path: str | Path) -> dict[str, float]:
+        return instance_metrics_blocks(pred, gt, blocks, self.iou_thresholds,
+                                       lambda g: np.asarray(g).astype(np.uint32, copy=False))
+
+    # ------------------------------------------------------------------ export
+    def activation_spec(self) -> list[list[Any]]:
+        return [["sigmoid"] if kind in SIGMOID_KINDS else ["clamp", *CHANNEL_RANGES[ch]]
+                for ch, kind in zip(self.channels, self.loss_kinds)]
+
+    def output_channel_names(self) -> list[str]:
+        return list(self.channels)
+
+
+def _loss_kinds(channels: Sequence[str], kinds: Sequence[str] | None) -> list[str]:
+    key = "targets.instance.loss"
+    if kinds is None:
+        return [DEFAULT_LOSS[c] for c in channels]
+    kinds = list(kinds)
+    if len(kinds) != len(channels):
+        raise ConfigError(key, f"has {len(kinds)} entries but targets.instance.channels has {len(channels)}")
+    for name, kind in zip(channels, kinds):
+        if name == "signed_distance" and kind in SIGMOID_KINDS:
+            raise ConfigError(key, f"'{kind}' cannot fit signed_distance (values in [-1, 1]); use l1 or mse")
+        if name in BINARY_CHANNELS and kind not in SIGMOID_KINDS | {"l1", "mse"}:
+            raise ConfigError(key, f"unknown loss '{kind}' for channel {name}")
+    return kinds
+
+
+def _loss_weights(channels: Sequence[str], weights: Sequence[float] | None) -> list[float]:
+    if weights is None:
+        return [1.0] * len(channels)
+    if len(weights) != len(channels):
+        raise ConfigError("targets.instance.loss_weights",
+                          f"has {len(weights)} entries but targets.instance.channels has {len(channels)}")
+    return [float(w) for w in weights]

@@ -1,0 +1,1 @@
+"""The semantic workflow (task.py: its Task)."""

@@ -1,0 +1,1 @@
+"""Training: the loop, one process or data-parallel, schedules, resume state, losses."""

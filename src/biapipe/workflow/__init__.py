@@ -1,0 +1,1 @@
+"""The Snakemake layer: one function per rule (stages), parse-time helpers (smk), cluster glue (slurm)."""

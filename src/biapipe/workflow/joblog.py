@@ -1,0 +1,65 @@
+"""One log file per job, and a stage decorator that writes it.
+
+Per-image jobs run as threads of one Snakemake process, so each job gets its own logger
+object instead of reconfiguring the root logger. Per-image rules carry no ``benchmark:``
+(it slows planning of thousands of jobs): the log ends with the job's time and the
+process's peak memory so far.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import resource
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+_LOG_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
+    """A logger writing to one job's log file; errors are logged before they propagate."""
+    with _LOG_LOCK:
+        logger = logging.getLogger(f"biapipe.job.{name}.{threading.get_ident()}.{time.monotonic_ns()}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    handler: logging.Handler
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="w")
+    else:
+        handler = logging.NullHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    start = time.perf_counter()
+    try:
+        yield logger
+        logger.info("done in %.2f s (process peak RSS %.0f MiB)", time.perf_counter() - start, peak_rss_mib())
+    except Exception as exc:
+        logger.error("%s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        handler.close()
+        logger.removeHandler(handler)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stage(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A stage called with keyword arguments only, plus ``log`` (the job's log file) and the
+    job's ``logger`` handed to stages that log themselves."""
+    wants_logger = "logger" in fn.__code__.co_varnames[: fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]
+
+    @functools.wraps(fn)
+    def run(*, log: str | None = None, **kwargs: Any) -> Any:
+        with job_log(log, fn.__name__) as logger:
+            return fn(**kwargs, logger=logger) if wants_logger else fn(**kwargs)
+
+    return run
