@@ -26,7 +26,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     cfg = validate_config({"experiment": "evaluate", "workflow": args.workflow, "ndim": args.ndim,
                            "data": {"demo": {}}, "targets": {"classes": args.classes, "binarize": args.binarize}})
-    task = get_task(cfg)
+    task = get_task(cfg).for_outputs(args.pred)
     table = task.score_folders(args.pred, args.gt)
     out = Path(args.out)
     imageio.write_csv(out, table)

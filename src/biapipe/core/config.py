@@ -223,3 +223,8 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[key] = plain(value)
     return out
+
+
+# Views dump as the mappings they are (a config written back to YAML, e.g. next to outputs).
+yaml.SafeDumper.add_representer(Section, lambda dumper, section: dumper.represent_dict(dict(section)))
+yaml.Dumper.add_representer(Section, lambda dumper, section: dumper.represent_dict(dict(section)))

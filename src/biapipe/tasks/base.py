@@ -233,6 +233,10 @@ class Task:
         row.update({f"mean_{c}": float(numeric[c].mean()) for c in numeric.columns})
         return pd.DataFrame([row])
 
+    def for_outputs(self, pred_dir: str | Path) -> Task:
+        """This task set up to read the outputs in ``pred_dir`` (``biapipe evaluate``); itself by default."""
+        return self
+
     def score_folders(self, pred_dir: str | Path, gt_dir: str | Path) -> pd.DataFrame:
         """Per-image scores of a folder of outputs against a folder of ground truth, paired by
         name (``biapipe evaluate``)."""

@@ -79,12 +79,16 @@ class Plan:
         return [i for i in self.ids("test") if i in floats]
 
 
+def discover_dataset(cfg: Section) -> Dataset:
+    """The samples of an experiment by split, as its task finds them."""
+    return discover(cfg["data"], cfg["train"], cfg["seed"], get_task(cfg))
+
+
 def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     """Config, samples and header checks; a large image's block plan from its header."""
     cfg = load_config(given, basedir)
-    task = get_task(cfg)
-    ds = discover(cfg["data"], cfg["train"], cfg["seed"], task)
-    cfg = task.settled_config(ds)
+    ds = discover_dataset(cfg)
+    cfg = get_task(cfg).settled_config(ds)
     task = get_task(cfg)
     floats = [] if cfg["data"]["demo"] else check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
     plan = Plan(cfg, task, ds, floats)

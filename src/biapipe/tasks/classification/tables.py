@@ -38,19 +38,22 @@ def write_confusion_matrix(metrics_csv: str | Path, out_csv: str | Path, out_png
     imageio.write_csv(out_csv, confusion_table(cm, task.class_names))
 
 
-def score_class_folders(pred_dir: str | Path, gt_dir: str | Path, task_for: Any) -> pd.DataFrame:
-    """Per-image rows of a folder of outputs (``classes/{image}.csv``) against a folder of class
-    folders (``<class>/{image}.tif``). The classes are the outputs' probability columns;
-    ``task_for(classes)`` makes the task that scores them."""
-    outputs = {p.name[: -len(".csv")]: p for p in sorted(Path(pred_dir).glob("*.csv"))}
+def output_classes(pred_dir: str | Path) -> list[str]:
+    """The class names of a folder of per-image outputs: their probability columns."""
+    outputs = sorted(Path(pred_dir).glob("*.csv"))
     if not outputs:
         raise InputError(pred_dir, "no per-image classification outputs (*.csv)")
-    header = pd.read_csv(next(iter(outputs.values())), nrows=0).columns
     prefix = probability_column("")
-    classes = [c[len(prefix):] for c in header if c.startswith(prefix)]
+    return [c[len(prefix):] for c in pd.read_csv(outputs[0], nrows=0).columns if c.startswith(prefix)]
+
+
+def score_class_folders(pred_dir: str | Path, gt_dir: str | Path, task: Any) -> pd.DataFrame:
+    """Per-image rows of a folder of outputs (``classes/{image}.csv``) against a folder of class
+    folders (``<class>/{image}.tif``), scored by ``task`` (set up with the outputs' classes)."""
+    outputs = {p.name[: -len(".csv")]: p for p in sorted(Path(pred_dir).glob("*.csv"))}
     if not class_folders(gt_dir):
         raise InputError(gt_dir, "no class folders (expected <class>/<image>.tif)")
-    task = task_for(classes)
+    classes = task.class_names
     rows = []
     for sample in folder_samples("test", {"images": str(gt_dir), "labels": None}):
         if sample.id not in outputs:

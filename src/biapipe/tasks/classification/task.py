@@ -43,6 +43,7 @@ from .samples import (
 )
 from .tables import (
     classes_table,
+    output_classes,
     probability_column,
     score_class_folders,
     write_confusion_matrix,
@@ -243,8 +244,11 @@ class ClassificationTask(Task):
     def write_metrics_tables(self, metrics_csv: str | Path, paths: dict[str, str]) -> None:
         write_confusion_matrix(metrics_csv, paths["csv"], paths["png"], self, self.cfg["experiment"])
 
+    def for_outputs(self, pred_dir: str | Path) -> ClassificationTask:
+        """The task of the classes in the outputs' probability columns (the model's classes)."""
+        classes = output_classes(pred_dir)
+        return self.__class__(self.cfg.with_value("targets.classification.classes", classes))
+
     def score_folders(self, pred_dir: str | Path, gt_dir: str | Path) -> pd.DataFrame:
-        """Per-image outputs (``classes/{image}.csv``) against class folders (``<class>/{image}.tif``);
-        the classes are read from the outputs' probability columns (the model's classes)."""
-        return score_class_folders(pred_dir, gt_dir, lambda classes: self.__class__(
-            self.cfg.with_value("targets.classification.classes", list(classes))))
+        """Per-image outputs (``classes/{image}.csv``) against class folders (``<class>/{image}.tif``)."""
+        return score_class_folders(pred_dir, gt_dir, self)
