@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import planned_jobs, snakemake, write_config
 
-from biapipe.data.demo import CLASSIFICATION_CLASSES, make_classification_demo
+from biapipe.tasks.classification.demo import make_classification_demo
+from biapipe.tasks.classification.samples import CLASSIFICATION_CLASSES
 
 pytestmark = pytest.mark.workflow
 
@@ -100,8 +101,8 @@ def test_flat_test_folder_is_predicted_not_scored(tmp_path):
         (data / "flat").mkdir(exist_ok=True)
         shutil.copy(image, data / "flat" / image.name)
     plan = planned_jobs(tmp_path, write_config(tmp_path / "c.yaml", folder_config(data, test="flat")))
-    assert plan["predict"] == 3 and plan["postprocess"] == 3 and plan["classes_table"] == 1
-    assert "aggregate" not in plan and "confusion_matrix" not in plan
+    assert plan["predict"] == 3 and plan["postprocess"] == 3 and plan["outputs_tables"] == 1
+    assert "aggregate" not in plan and "metrics_tables" not in plan
 
 
 def test_unknown_test_class_stops_at_parse(tmp_path):
