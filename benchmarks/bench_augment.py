@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from biapipe.augment import Augmenter
+from biapipe.data.augment import Augmenter
 
 SHAPES = {"2D 128x128": (128, 128), "2D 256x256": (256, 256), "3D 32x64x64": (32, 64, 64),
           "3D 32x128x128": (32, 128, 128)}

@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from biapipe.metrics.detection import match_points
-from biapipe.postprocess.detection import find_peaks, suppress_close_points
+from biapipe.tasks.detection.metrics import match_points
+from biapipe.tasks.detection.postprocess import find_peaks, suppress_close_points
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = (REPO.parent / "shared" / "data" / "bm_graz_he_cell_points").resolve()

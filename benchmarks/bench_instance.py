@@ -21,9 +21,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from skimage.segmentation import expand_labels
 
-from biapipe.metrics.instance import matching_metrics, overlap
-from biapipe.postprocess.instance import InstanceParams, instance_postprocess
-from biapipe.targets_instance import TargetSpec, instance_targets
+from biapipe.tasks.instance.metrics import matching_metrics, overlap
+from biapipe.tasks.instance.postprocess import InstanceParams, instance_postprocess
+from biapipe.tasks.instance.targets import TargetSpec, instance_targets
 
 SUBSET = 6  # truth x prediction objects timed by the dense pair loop
 
@@ -78,10 +78,10 @@ def dense_time(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
 def watershed_time(gt: np.ndarray) -> tuple[float, float, float]:
     """(target seconds, postprocess seconds, F1@0.5) with F+C targets taken as a perfect prediction."""
     start = time.perf_counter()
-    target = instance_targets(gt, TargetSpec(channels=("foreground", "contour")))
+    target = instance_targets(gt, TargetSpec.defaults(channels=("foreground", "contour")))
     t_targets = time.perf_counter() - start
     start = time.perf_counter()
-    out = instance_postprocess(target, ["foreground", "contour"], InstanceParams(min_seed_size=1))
+    out = instance_postprocess(target, ["foreground", "contour"], InstanceParams.defaults(min_seed_size=1))
     t_post = time.perf_counter() - start
     return t_targets, t_post, matching_metrics(out, gt)["f1@0.5"]
 

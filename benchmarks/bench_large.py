@@ -87,7 +87,7 @@ def make_model(kind: str):
     """The network, 1 input and 1 output channel; the activation (sigmoid) is applied outside."""
     import torch
 
-    from biapipe.models import UNet
+    from biapipe.models.unet import UNet
 
     if kind == "unet":
         return UNet(3, 1, 1, depth=2, width=4)
@@ -104,16 +104,17 @@ def one_size(gb: float, memory_gb: float, workdir: Path, model_kind: str,
              tile: tuple[int, ...] = (32, 128, 128), threads: int = 2) -> dict[str, float]:
     import torch
 
-    from biapipe.large.labels import semantic_blocks
-    from biapipe.large.lazy import open_lazy
+    from biapipe.data.lazy import open_lazy
+    from biapipe.tasks.semantic.large import semantic_blocks
     from biapipe.large.predict import (
         BlockPredictor,
         create_prediction_store,
         plan_blocks,
         prediction_chunks,
     )
-    from biapipe.omezarr import create_ome_zarr
-    from biapipe.predict import make_batch_fn, prepare_model
+    from biapipe.core.omezarr import create_ome_zarr
+    from biapipe.inference.predict import make_batch_fn
+    from biapipe.inference.predictor import prepare_model
 
     torch.manual_seed(0)
     torch.set_num_threads(threads)

@@ -35,20 +35,16 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from biapipe.models import build_model, count_parameters
-from biapipe.predict import (
-    clear_predictor_cache,
-    fuse_conv_batchnorm,
-    load_predictor,
-    predict_image,
-    prepare_model,
-)
+from biapipe.core.config import defaults
+from biapipe.inference.predict import predict_image
+from biapipe.inference.predictor import clear_predictor_cache, fuse_conv_batchnorm, load_predictor, prepare_model
+from biapipe.models.registry import build_model, count_parameters
 
 SPEC_2D = {"arch": "unet", "ndim": 2, "in_channels": 1, "out_channels": 2, "depth": 3, "width": 16,
            "norm": "batch", "dropout": 0.0}
 SPEC_3D = {**SPEC_2D, "ndim": 3}
-TILED_2D = {"mode": "tiled", "tile_size": [256, 256], "overlap": 0.25, "blend": "gaussian", "batch_size": 1}
-TILED_3D = {"mode": "tiled", "tile_size": [32, 128, 128], "overlap": 0.25, "blend": "gaussian", "batch_size": 1}
+TILED_2D = defaults("predict", tile_size=[256, 256], batch_size=1, threads=2)
+TILED_3D = defaults("predict", 3, tile_size=[32, 128, 128], batch_size=1, threads=2)
 
 Row = tuple[str, str, str]
 DEVICE = torch.device("cpu")
@@ -141,7 +137,7 @@ def load_times(folder: Path) -> tuple[float, float]:
     path = folder / "best.pt"
     torch.save({"format": 1, "model": SPEC_2D, "state_dict": model.state_dict(), "epoch": 1, "val_loss": 0.0,
                 "workflow": "semantic"}, path)
-    import biapipe.train  # noqa: F401  (module import is start-up, not model load)
+    import biapipe.training.loop  # noqa: F401  (module import is start-up, not model load)
 
     clear_predictor_cache()
     t = time.perf_counter()

@@ -42,13 +42,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from biapipe.config import validate_config
-from biapipe.imageio import image_id, read_array, read_image, read_label, write_zarr
-from biapipe.metrics.instance import matching_metrics
-from biapipe.normalize import normalize
-from biapipe.predict import clear_predictor_cache, load_predictor, predict_image
+from biapipe.core.config import validate_config
+from biapipe.core.imageio import image_id, read_array, read_image, read_label, write_zarr
+from biapipe.data.normalize import normalize
+from biapipe.inference.predict import predict_image
+from biapipe.inference.predictor import clear_predictor_cache, load_predictor
 from biapipe.tasks import get_task
-from biapipe.train import train_model
+from biapipe.tasks.instance.metrics import matching_metrics
+from biapipe.training.loop import train_model
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_train_fluo"
 

@@ -247,16 +247,15 @@ class TrainPatches(Dataset):
         return (image, target) if draw is None else self._apply(image, target, draw)
 
     def draw_patch(self, i: int) -> tuple[torch.Tensor, torch.Tensor, AugmentDraw | None]:
-        """Crop, exact (numpy) augmentation and the draw of the torch stage, all from one generator."""
+        """Crop and exact (numpy) augmentation, and the draw of the torch stage; all from ``(seed, epoch, i)``."""
         if not 0 <= i < self.length:
             raise IndexError(i)
-        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, self.epoch, int(i)])
-        image, target = self.sampler.crop(*self.sampler.draw(rng))
+        key = (self.seed, _TRAIN_STREAM, self.epoch, int(i))
+        image, target = self.sampler.crop(*self.sampler.draw(np.random.default_rng(list(key))))
         if self.augmenter is None:
             return (*to_tensors(image, target), None)
-        image, target = self.augmenter(image, target, rng)
-        draw = self.augmenter.draw(rng)
-        return (*to_tensors(image, target), draw)
+        image, target = self.augmenter.exact(image, target, key)
+        return (*to_tensors(image, target), self.augmenter.draw(key))
 
     def _apply(self, image: torch.Tensor, target: torch.Tensor, draw: AugmentDraw) -> tuple[torch.Tensor, torch.Tensor]:
         if draw.is_neutral:

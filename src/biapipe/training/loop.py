@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError
 from ..data.augment import Augmenter, write_augment_samples
-from ..data.patches import PathPair, TrainPatches, seed_entropy
+from ..data.patches import PathPair, seed_entropy
 from ..models.registry import build_model, count_parameters
 from .outputs import HISTORY_COLUMNS, monitored_row, write_outputs
 from .runtime import memory_format, resolve_amp, seed_everything, torch_settings
@@ -245,15 +245,15 @@ def choose_monitor(tcfg: dict[str, Any], has_val: bool, task: Trainable, log: lo
 
 
 def write_debug_samples(dataset: Any, cfg: dict[str, Any], out_dir: Path, log: logging.Logger) -> None:
-    """``train.augment.debug_samples`` augmented patches of epoch 1 to ``model/augment_samples/``."""
+    """``train.augment.debug_samples`` augmented items of epoch 1 to ``model/augment_samples/``."""
     n = int(cfg["train"]["augment"]["debug_samples"])
-    if n <= 0 or not isinstance(dataset, TrainPatches):
+    if n <= 0:
         return
     dataset.set_epoch(1)
     pairs = [dataset.augmented(i) for i in range(min(n, len(dataset)))]
     folder = out_dir / "augment_samples"
     write_augment_samples(pairs, folder)
-    log.info("wrote %d augmented training patches to %s", len(pairs), folder)
+    log.info("wrote %d augmented training samples to %s", len(pairs), folder)
 
 
 def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], task: Trainable, monitor: str,

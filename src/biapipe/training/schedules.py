@@ -51,7 +51,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, tcfg: dict[str, Any], steps
     """
     name = tcfg["scheduler"]
     total = max(1, int(tcfg["epochs"]) * steps)
-    warmup = int(round(float(tcfg.get("warmup_epochs", 0)) * steps))
+    warmup = int(round(float(tcfg["warmup_epochs"]) * steps))
     if name == "plateau":
         es = tcfg["early_stopping"]
         return torch.optim.lr_scheduler.ReduceLROnPlateau(

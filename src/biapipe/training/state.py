@@ -37,7 +37,7 @@ def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs:
     """
     payload = {
         "train": _computing_keys(cfg["train"]),
-        "targets": cfg.get("targets"), "normalize": cfg.get("normalize"), "seed": cfg["seed"],
+        "targets": cfg["targets"], "normalize": cfg["normalize"], "seed": cfg["seed"],
         "workflow": cfg["workflow"], "ndim": cfg["ndim"],
         "train_files": [[Path(i).name, Path(t).name] for i, t in train_pairs],
         "val_files": [[Path(i).name, Path(t).name] for i, t in val_pairs],

@@ -31,8 +31,8 @@ def test_gpu_augmentation_matches_the_cpu_geometry() -> None:
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.random((4, 1, 12, 48, 48)).astype(np.float32))
     targets = torch.from_numpy(rng.integers(0, 3, (4, 1, 12, 48, 48)))
-    draws = [AugmentDraw(angle=a, scale=s) for a, s in ((30, 1.0), (-75, 1.2), (0, 0.8), (140, 1.1))]
-    aug = Augmenter()
+    draws = [AugmentDraw.of(rotate=a, scale=s) for a, s in ((30, 1.0), (-75, 1.2), (0, 0.8), (140, 1.1))]
+    aug = Augmenter.defaults()
     cpu_img, cpu_tgt = aug.apply(images, targets, draws)
     gpu_img, gpu_tgt = aug.apply(images.cuda(), targets.cuda(), draws)
     torch.testing.assert_close(gpu_img.cpu(), cpu_img, atol=1e-4, rtol=1e-4)

@@ -78,7 +78,7 @@ class TrainImages(TorchDataset):
     """Every training image once per epoch, in an order and with augmentations drawn from
     ``(seed, epoch)`` and ``(seed, epoch, i)``: resumable and identical with or without workers."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, augmenter: Any = None) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, seed: int, augmenter: Augmenter | None = None) -> None:
         self.images = images
         self.labels = labels
         self.seed = int(seed) & 0xFFFF_FFFF_FFFF_FFFF
@@ -93,31 +93,21 @@ class TrainImages(TorchDataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.augmented(i)
+
+    def augmented(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image ``i`` of the epoch, augmented (both stages, on the CPU), and its class."""
         if not 0 <= i < len(self):
             raise IndexError(i)
         j = int(self.order[i])
         image = self.images[j]
         if self.augmenter is not None:
-            rng = np.random.default_rng([self.seed, _AUGMENT_STREAM, self.epoch, int(i)])
-            image = augment_image(self.augmenter, image, rng)
+            # the augmenter moves (image, target) pairs; a class has no geometry, so a blank
+            # stand-in target goes along and is dropped
+            blank = np.zeros((1, *image.shape[1:]), dtype=np.float32)
+            x, _ = self.augmenter.augment(image, blank, (self.seed, _AUGMENT_STREAM, self.epoch, int(i)))
+            image = x.numpy()
         return _tensors(image, self.labels[j])
-
-
-def augment_image(augmenter: Any, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Apply the configured augmentation to one C(Z)YX image: the exact numpy stage (flips,
-    rot90) and, when the augmenter has one, its torch stage (rotation, scaling, intensity)
-    on this one image; randomness comes only from ``rng``.
-
-    The augmenter transforms (image, target) pairs; a class has no geometry, so a blank
-    stand-in target goes along and is dropped.
-    """
-    blank = np.zeros((1, *image.shape[1:]), dtype=np.float32)
-    image, _ = augmenter(image, blank, rng)
-    if getattr(augmenter, "interpolating", False):
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
-        x, _ = augmenter.apply(x, torch.from_numpy(blank)[None], [augmenter.draw(rng)])
-        image = x[0].numpy()
-    return np.ascontiguousarray(image, dtype=np.float32)
 
 
 class FixedImages(TorchDataset):

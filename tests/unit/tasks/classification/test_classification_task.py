@@ -17,6 +17,7 @@ from conftest import write_tif
 
 from biapipe.core.config import validate_config
 from biapipe.core.errors import ConfigError, InputError
+from biapipe.data.augment import Augmenter
 from biapipe.data.samples import Sample, read_sample_sheet
 from biapipe.data.validate import check_dataset
 from biapipe.models.classifier import ResNetClassifier
@@ -24,6 +25,7 @@ from biapipe.models.registry import build_model
 from biapipe.tasks import get_task
 from biapipe.tasks.classification.data import (
     ClassificationLoss,
+    TrainImages,
     build_classify_datasets,
     class_weights,
     fit_to_size,
@@ -327,6 +329,20 @@ def test_datasets_resize_every_image_and_are_deterministic(tmp_path):
     assert data.val is not None and len(data.val) == 1 and again.val is None
 
 
+def test_training_images_get_every_configured_augmentation():
+    """Interpolating and intensity augmentation reach whole-image training, not only flips."""
+    images = np.random.default_rng(0).random((2, 1, 16, 16)).astype(np.float32)
+    off = {k: 0.0 for k in ("flip", "rot90", "rotate", "scale", "blur", "gaussian_noise", "brightness", "contrast",
+                            "gamma")}
+    plain = TrainImages(images, np.array([0, 1]), seed=0, augmenter=Augmenter.defaults(**off))
+    for name in ("rotate", "scale", "blur", "gaussian_noise", "brightness", "contrast", "gamma"):
+        one = TrainImages(images, np.array([0, 1]), seed=0, augmenter=Augmenter.defaults(**{**off, name: 1.0}))
+        for i in range(2):
+            assert torch.equal(plain[i][0], torch.from_numpy(images[plain.order[i]]))
+            assert not torch.allclose(one[i][0], plain[i][0], atol=1e-4), name
+            assert one[i][1] == plain[i][1]
+
+
 def test_channel_mismatch_names_the_image(tmp_path):
     cfg = config({"train": {"images": "x"}})
     pairs = _pairs(tmp_path, [((16, 16, 1), 0), ((16, 16, 3), 1)])
@@ -388,7 +404,8 @@ def test_numeric_looking_class_names_survive_csv_round_trips(tmp_path):
 def test_library_chain_trains_predicts_and_scores(tmp_path):
     """demo -> normalize -> targets -> train -> predict -> postprocess -> evaluate -> aggregate, no Snakemake."""
     data = {"demo": {"folder": str(tmp_path / "d"), "n_train": 2, "n_val": 1, "n_test": 1, "size": 32}}
-    cfg = config(data, train={"epochs": 2, "batch_size": 4, "patch_size": [32, 32], "threads": 1})
+    cfg = config(data, train={"epochs": 2, "batch_size": 4, "patch_size": [32, 32], "threads": 1,
+                              "augment": {"debug_samples": 2}})
     ds = discover(cfg)
     cfg = with_classes(cfg, ds)
     stages.demo_data(task=get_task(cfg))
@@ -396,6 +413,8 @@ def test_library_chain_trains_predicts_and_scores(tmp_path):
     metrics = run_chain(cfg, ds, out)
     ckpt = torch.load(out / "m" / "best.pt", weights_only=True)
     assert ckpt["model"]["classes"] == sorted(CLASSIFICATION_CLASSES)
+    samples = sorted(p.name for p in (out / "m" / "augment_samples").iterdir())
+    assert samples == ["montage.png", "sample_00_image.tif", "sample_01_image.tif"]  # classes are in the montage
     probs = np.asarray(__import__("zarr").open(str(out / "p" / f"{ds.test[0].id}.zarr"), mode="r")[...])
     assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     task = get_task(cfg)
