@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core.config import validate_config
+import pandas as pd
+
+from .core import imageio
+from .core.config import load_config, validate_config
 from .core.errors import BiapipeError
+from .data.samples import list_images
 from .tasks import REGISTRY, get_task
 
 
@@ -20,10 +24,6 @@ def _demo_data(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    import pandas as pd
-
-    from .core import imageio
-
     cfg = validate_config({"experiment": "evaluate", "workflow": args.workflow, "ndim": args.ndim,
                            "data": {"demo": {}}, "targets": {"classes": args.classes, "binarize": args.binarize}})
     task = get_task(cfg).for_outputs(args.pred)
@@ -39,7 +39,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _export_bmz(args: argparse.Namespace) -> None:
-    from .core.config import load_config
     from .inference.export_bmz import export_bmz
 
     cfg = load_config(args.config)
@@ -51,8 +50,6 @@ def _export_bmz(args: argparse.Namespace) -> None:
 
 def _first_image(cfg: dict) -> str:
     """The first test (else training) image of the config, as the package's test input."""
-    from .data.samples import list_images
-
     for split in ("test", "train"):
         folder = (cfg["data"][split] or {}).get("images")
         if folder and Path(folder).is_dir():

@@ -78,7 +78,7 @@ def segmented_of(wildcards):
 
 def segmented_arg(input):
     """(id store, block records) from a postprocess_large job's inputs, or None."""
-    files = list(input.segmented)
+    files = list(input.get("segmented", []))
     return (files[0], files[1:]) if files else None
 
 
@@ -89,6 +89,29 @@ def block_markers(wildcards):
 
 def side_outputs(output):
     return {name: output[name] for name in SIDE_OUTPUTS}
+
+
+def stats_of(input):
+    """The dataset normalization statistics among a job's inputs, when normalize.scope is dataset."""
+    return input.stats[0] if input.stats else None
+
+
+# The keyword arguments of the per-image stages (rules keep their run blocks to one call).
+def prepare_args(input, output, wildcards):
+    return dict(image=input.image, label=label_value(wildcards), image_out=output.image,
+                targets_out=output.targets, task=TASK, axes=AXES, normalize=CFG["normalize"], stats=stats_of(input))
+
+
+def predict_args(input, output, wildcards, threads):
+    return dict(model=input.model, image=input.image, out=output[0], task=TASK, axes=AXES,
+                normalize=CFG["normalize"], predict=CFG["predict"], threads=threads, stats=stats_of(input),
+                large=wildcards.image in LARGE_IDS)
+
+
+def postprocess_args(input, output, wildcards):
+    return dict(prediction=input.prediction, out=output.main, task=TASK, axes=AXES, image=image_of(wildcards),
+                side=side_outputs(output), label=label_value(wildcards), metrics=output.metrics,
+                image_id=wildcards.image, segmented=segmented_arg(input))
 
 
 def large_output(path):

@@ -66,9 +66,7 @@ rule prepare:
         f"{OUT}/logs/prepare/{{image}}.log",
     priority: 50
     run:
-        stages.prepare(image=input.image, label=label_value(wildcards), image_out=output.image,
-                       targets_out=output.targets, task=TASK, axes=AXES, normalize=CFG["normalize"],
-                       stats=(input.stats[0] if input.stats else None), log=log[0])
+        stages.prepare(**prepare_args(input, output, wildcards), log=log[0])
 
 
 if FLOAT_TEST_IDS:

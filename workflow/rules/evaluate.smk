@@ -22,9 +22,7 @@ rule postprocess:
     log:
         f"{OUT}/logs/postprocess/{{image}}.log",
     run:
-        stages.postprocess(prediction=input.prediction, out=output.main, task=TASK, axes=AXES,
-                           image=image_of(wildcards), side=side_outputs(output), label=label_value(wildcards),
-                           metrics=output.metrics, image_id=wildcards.image, log=log[0])
+        stages.postprocess(**postprocess_args(input, output, wildcards), log=log[0])
 
 
 if LARGE_IDS:
@@ -55,10 +53,7 @@ if LARGE_IDS:
         log:
             f"{OUT}/logs/postprocess/{{image}}.log",
         run:
-            stages.postprocess(prediction=input.prediction, out=output.main, task=TASK, axes=AXES,
-                               image=image_of(wildcards), side=side_outputs(output),
-                               label=label_value(wildcards), metrics=output.metrics, image_id=wildcards.image,
-                               segmented=segmented_arg(input), log=log[0])
+            stages.postprocess(**postprocess_args(input, output, wildcards), log=log[0])
 
 
 rule aggregate:

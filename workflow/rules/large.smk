@@ -21,8 +21,8 @@ if SPLIT_IDS:
         log:
             f"{OUT}/logs/predict/{{image}}.log",
         run:
-            stages.prepare_prediction(image=input.image, store=output[0], task=TASK,
-                                      stats=(input.stats[0] if input.stats else None), log=log[0])
+            stages.prepare_prediction(image=input.image, store=output[0], task=TASK, stats=stats_of(input),
+                                      log=log[0])
 
     rule predict_block:
         input:

@@ -23,7 +23,4 @@ rule predict:
     log:
         f"{OUT}/logs/predict/{{image}}.log",
     run:
-        stages.predict(model=input.model, image=input.image, out=output[0], task=TASK, axes=AXES,
-                       normalize=CFG["normalize"], predict=CFG["predict"], threads=threads,
-                       stats=(input.stats[0] if input.stats else None), large=wildcards.image in LARGE_IDS,
-                       log=log[0])
+        stages.predict(**predict_args(input, output, wildcards, threads), log=log[0])

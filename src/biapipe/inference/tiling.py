@@ -189,7 +189,7 @@ def weight_sums_1d(grid: TileGrid, windows: list[dict[int, np.ndarray]]) -> list
     return sums
 
 
-class _TileWindows:
+class TileWindows:
     """The (Z)YXC window of a tile from its starts.
 
     At most 3**ndim distinct windows exist (first, inner, last along each axis), so
@@ -251,7 +251,7 @@ def _batches(grid: TileGrid, batch_size: int) -> Iterator[list[tuple[int, ...]]]
         yield batch
 
 
-def _accumulate(out: np.ndarray, pred: np.ndarray, start: Sequence[int], window: np.ndarray) -> None:
+def accumulate(out: np.ndarray, pred: np.ndarray, start: Sequence[int], window: np.ndarray) -> None:
     """Add one weighted tile prediction into the (Z)YXC sum, cropping padded parts.
     ``window`` is (Z)YXC like ``pred``."""
     dst, src = [], []
@@ -263,7 +263,7 @@ def _accumulate(out: np.ndarray, pred: np.ndarray, start: Sequence[int], window:
     out[tuple(dst)] += pred[src_t] * window[src_t]
 
 
-def _normalise(out: np.ndarray, sums: list[np.ndarray], rows: int = 16) -> None:
+def normalise(out: np.ndarray, sums: list[np.ndarray], rows: int = 16) -> None:
     """Divide the weighted sum by the weight sum in place, a few rows at a time, so
     no image-sized temporary is made and a memmap streams.
 
@@ -308,7 +308,7 @@ def run_tiled(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     grid = tile_grid(image.shape[:-1], tile_shape, overlap, divisor)
     windows = axis_windows(grid, blend, trim)
-    tile_window = _TileWindows(windows)
+    tile_window = TileWindows(windows)
     for starts in _batches(grid, batch_size):
         batch = np.stack([read_tile(image, s, grid.tile) for s in starts])
         pred = np.asarray(fn(batch), dtype=np.float32)
@@ -318,9 +318,9 @@ def run_tiled(
         elif out.shape != grid.shape + pred.shape[-1:] or not out.flags.c_contiguous:
             raise ValueError(f"out must be C-contiguous of shape {grid.shape + pred.shape[-1:]}, got {out.shape}")
         for s, p in zip(starts, pred, strict=True):
-            _accumulate(out, p, s, tile_window(s, p.shape[-1]))
+            accumulate(out, p, s, tile_window(s, p.shape[-1]))
     assert out is not None  # the grid always has at least one tile
-    _normalise(out, weight_sums_1d(grid, windows))
+    normalise(out, weight_sums_1d(grid, windows))
     return out
 
 

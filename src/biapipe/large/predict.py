@@ -26,10 +26,10 @@ from ..inference.tiling import (
     DEFAULT_TRIM,
     BatchFn,
     TileGrid,
-    _accumulate,
-    _normalise,
-    _TileWindows,
+    TileWindows,
+    accumulate,
     axis_windows,
+    normalise,
     read_tile,
     tile_grid,
     weight_sums_1d,
@@ -46,7 +46,7 @@ class BlockPredictor:
         self.grid: TileGrid = tile_grid(image.shape[:-1], tile_shape, overlap, divisor)
         self.windows = axis_windows(self.grid, blend, trim)
         self.sums = weight_sums_1d(self.grid, self.windows)
-        self.tile_window = _TileWindows(self.windows)
+        self.tile_window = TileWindows(self.windows)
         self.tiles_run = 0
 
     def tiles_for(self, block: Block) -> list[tuple[int, ...]]:
@@ -71,10 +71,10 @@ class BlockPredictor:
                 out = np.zeros(block.shape + pred.shape[-1:], dtype=np.float32)
             for s, p in zip(starts, pred, strict=True):
                 local = tuple(a - b for a, b in zip(s, block.start, strict=True))
-                _accumulate(out, p, local, self.tile_window(s, p.shape[-1]))
+                accumulate(out, p, local, self.tile_window(s, p.shape[-1]))
             self.tiles_run += len(starts)
         assert out is not None, "every block has at least one tile with weight"
-        _normalise(out, [s[a:b] for s, a, b in zip(self.sums, block.start, block.stop, strict=True)])
+        normalise(out, [s[a:b] for s, a, b in zip(self.sums, block.start, block.stop, strict=True)])
         return out
 
 
