@@ -173,3 +173,20 @@ def test_group_job_runs_all_its_images_in_one_process_with_one_gpu(slurm_run):
     assert len(re.findall(r"predict:image=test_00\d", log.split("Command:", 1)[1].splitlines()[0])) == 2
     assert log.count("Building DAG of jobs") == 1, "jobs of the group were started as separate Snakemake processes"
     assert "--force-use-threads" in log and log.count("localrule predict:") == 2
+
+
+def test_a_group_job_slurm_refuses_shows_sbatch_reason(cluster, tmp_path):
+    """With more CPUs per job than the node has, sbatch refuses the group job; its own reason
+    reaches the console (Snakemake alone printed "message: None" for groups)."""
+    make_demo_data(tmp_path / "data", 2, 2, 1, 1, 32, seed=5)
+    cfgfile = write_config(tmp_path / "cfg.yaml", folder_config(tmp_path / "data"))
+    greedy = tmp_path / "greedy"
+    greedy.mkdir()
+    (greedy / "config.yaml").write_text("cores: 8\nretries: 0\n")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(cfgfile), *PROFILES, "--profile", str(greedy)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert re.search(r"Error in group prepare: SLURM sbatch failed\. The error message was '.*processors", out), \
+        out[-4000:]

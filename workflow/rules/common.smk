@@ -6,8 +6,26 @@ from biapipe.workflow.slurm import reexec_group_job
 
 reexec_group_job()  # SLURM group jobs: every image in this one process (docs/cluster.md)
 
+from snakemake.jobs import GroupJob
+from snakemake.logging import logger
+
 from biapipe.core.errors import BiapipeError
 from biapipe.workflow import smk, stages
+
+
+# Snakemake 9 drops the message of a failed group job (GroupJob.log_error ignores it), so a
+# group that SLURM refused showed "message: None"; print the executor's message (sbatch's own
+# reason, e.g. "More processors requested than permitted") before Snakemake's summary.
+def _log_group_error(job, msg=None, aux_logs=None, **kwargs):
+    if msg:
+        logger.error(f"Error in group {job.groupid}: {msg}")
+    _LOG_GROUP_ERROR(job, msg, aux_logs, **kwargs)
+
+
+if not hasattr(GroupJob, "_biapipe_log_error"):
+    GroupJob._biapipe_log_error = _LOG_GROUP_ERROR = GroupJob.log_error
+    GroupJob.log_error = _log_group_error
+_LOG_GROUP_ERROR = GroupJob._biapipe_log_error
 
 try:
     PLAN = smk.make_plan(config, workflow.basedir)
@@ -19,7 +37,8 @@ config.clear()
 config.update(CFG)
 
 OUT = PLAN.out
-SAMPLES = PLAN.samples
+# Training/validation and test images are named apart: a test image may share a training image's name.
+TRAIN_SAMPLES, TEST_SAMPLES = PLAN.train_samples, PLAN.test_samples
 TRAIN_IDS, VAL_IDS, TEST_IDS = PLAN.ids("train"), PLAN.ids("val"), PLAN.ids("test")
 SCORED_IDS = PLAN.scored_ids
 LARGE_IDS, SPLIT_IDS = PLAN.large_ids, PLAN.split_ids
@@ -30,30 +49,45 @@ wildcard_constraints:
     image=r"[^/]+",
 
 
+def _label_file(sample):
+    """A label as an input file; none when labels are values (class names)."""
+    return sample.label if sample.label is not None and TASK.labels_are_files else []
+
+
+def train_image_of(wildcards):
+    return TRAIN_SAMPLES[wildcards.image].image
+
+
+def train_label_of(wildcards):
+    return _label_file(TRAIN_SAMPLES[wildcards.image])
+
+
+def train_label_value(wildcards):
+    """What stages receive as the label: its file, or the class name."""
+    return TRAIN_SAMPLES[wildcards.image].label
+
+
 def image_of(wildcards):
-    return SAMPLES[wildcards.image].image
+    return TEST_SAMPLES[wildcards.image].image
 
 
 def label_of(wildcards):
-    """The label file as an input; none when labels are values (class names)."""
-    label = SAMPLES[wildcards.image].label
-    return label if label is not None and TASK.labels_are_files else []
+    return _label_file(TEST_SAMPLES[wildcards.image])
 
 
 def label_value(wildcards):
-    """What stages receive as the label: its file, or the class name."""
-    return SAMPLES[wildcards.image].label
+    return TEST_SAMPLES[wildcards.image].label
 
 
-TEST_IMAGE = smk.as_pattern(TEST_IDS, lambda i: SAMPLES[i].image, image_of)
-TEST_LABEL = smk.as_pattern(TEST_IDS, lambda i: SAMPLES[i].label, label_of) if TASK.labels_are_files else []
+TEST_IMAGE = smk.as_pattern(TEST_IDS, lambda i: TEST_SAMPLES[i].image, image_of)
+TEST_LABEL = smk.as_pattern(TEST_IDS, lambda i: TEST_SAMPLES[i].label, label_of) if TASK.labels_are_files else []
 # A class name is no file, so it reruns scoring as a param; label files are inputs already.
 LABEL_PARAM = {} if TASK.labels_are_files else {"label": label_value}
+TRAIN_LABEL_PARAM = {} if TASK.labels_are_files else {"label": train_label_value}
 
-# Float test images (the only ones that can hold NaN/Inf) are scanned by one job that training
-# waits for, so bad input stops the run before compute is spent (rules/data.smk).
-FLOAT_TEST_IDS = PLAN.float_test_ids
-PIXEL_CHECK = [f"{OUT}/checks/test_pixels.ok"] if FLOAT_TEST_IDS else []
+# Test images and labels are read by one job that training waits for, so bad test data stops
+# the run before compute is spent (rules/data.smk).
+TEST_CHECK = [f"{OUT}/checks/test_data.ok"] if TEST_IDS else []
 STATS_INPUT = [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" else []
 NORMALIZE_KEY = smk.rerun_key(CFG["normalize"])
 PREDICT_KEY = smk.predict_params(CFG)
@@ -96,9 +130,20 @@ def stats_of(input):
     return input.stats[0] if input.stats else None
 
 
-# The keyword arguments of the per-image stages (rules keep their run blocks to one call).
+# Class names are no files: a changed test class reruns the check as a param.
+LABEL_VALUES = {} if TASK.labels_are_files else {"labels": [TEST_SAMPLES[i].label for i in TEST_IDS]}
+
+
+# The keyword arguments of the stages (rules keep their run blocks to one call).
+def check_test_args(output):
+    return dict(images=[TEST_SAMPLES[i].image for i in TEST_IDS], labels=[TEST_SAMPLES[i].label for i in TEST_IDS],
+                out=output[0], task=TASK, axes=AXES, memory_gb=CFG["predict"]["memory_gb"],
+                large=[i in LARGE_IDS for i in TEST_IDS])
+
+
+
 def prepare_args(input, output, wildcards):
-    return dict(image=input.image, label=label_value(wildcards), image_out=output.image,
+    return dict(image=input.image, label=train_label_value(wildcards), image_out=output.image,
                 targets_out=output.targets, task=TASK, axes=AXES, normalize=CFG["normalize"], stats=stats_of(input))
 
 

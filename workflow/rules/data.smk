@@ -19,7 +19,7 @@ if CFG["data"]["demo"]:
 
 rule normalize_stats_inputs:  # one file, not thousands, as the input of normalize_stats
     input:
-        images=[SAMPLES[i].image for i in TRAIN_IDS],
+        images=[TRAIN_SAMPLES[i].image for i in TRAIN_IDS],
     output:
         f"{OUT}/normalize/inputs.json",
     log:
@@ -50,8 +50,8 @@ rule normalize_stats:
 # the plan of large datasets small (docs/architecture.md, "planning cost").
 rule prepare:
     input:
-        image=image_of,
-        label=label_of,
+        image=train_image_of,
+        label=train_label_of,
         stats=STATS_INPUT,
     output:
         image=directory(f"{OUT}/normalized/{{image}}.zarr"),
@@ -61,7 +61,7 @@ rule prepare:
         axes=AXES,
         workflow=CFG["workflow"],
         targets=smk.rerun_key(CFG["targets"]),
-        **LABEL_PARAM,
+        **TRAIN_LABEL_PARAM,
     log:
         f"{OUT}/logs/prepare/{{image}}.log",
     priority: 50
@@ -69,16 +69,18 @@ rule prepare:
         stages.prepare(**prepare_args(input, output, wildcards), log=log[0])
 
 
-if FLOAT_TEST_IDS:
+if TEST_CHECK:
 
-    rule check_test_pixels:
+    rule check_test_data:
         input:
-            [SAMPLES[i].image for i in FLOAT_TEST_IDS],
+            images=[TEST_SAMPLES[i].image for i in TEST_IDS],
+            labels=[f for i in TEST_IDS for f in [_label_file(TEST_SAMPLES[i])] if f],
         output:
-            PIXEL_CHECK[0],
+            TEST_CHECK[0],
+        params:
+            **LABEL_VALUES,
         log:
-            f"{OUT}/logs/check_test_pixels.log",
+            f"{OUT}/logs/check_test_data.log",
         priority: 100
         run:
-            stages.check_pixels(images=list(input), out=output[0], ndim=CFG["ndim"], axes=AXES,
-                                memory_gb=CFG["predict"]["memory_gb"], log=log[0])
+            stages.check_test_data(**check_test_args(output), log=log[0])

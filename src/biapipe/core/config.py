@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
@@ -178,8 +179,15 @@ def _fill_ndim_defaults(cfg: dict[str, Any]) -> None:
                 sub.setdefault(key, list(value))
 
 
+#: An experiment name is one folder under ``results`` (never ".", "..", a path or a line break).
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
 def _check_cross_keys(cfg: dict[str, Any]) -> None:
     """Checks the schema language cannot express: sizes matching ndim, data present."""
+    if not EXPERIMENT_NAME.fullmatch(cfg["experiment"]):
+        raise ConfigError("experiment", f"{cfg['experiment']!r} is not a folder name (letters, digits, _ . -, "
+                                        "not starting with a dot)")
     ndim = cfg["ndim"]
     for key in ("train.patch_size", "predict.tile_size"):
         section, name = key.split(".")

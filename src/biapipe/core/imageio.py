@@ -8,9 +8,12 @@ or to a later stage.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,16 +135,24 @@ def read_json(path: str | Path) -> Any:
 # --------------------------------------------------------------------------- writing
 
 
+#: Temporary siblings written by another machine are removed once they are this old (seconds).
+STALE_FOREIGN_SECONDS = 24 * 3600
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it onto ``path``, else delete it.
 
     Works for files and for directories (Zarr stores). The temporary name keeps the
-    suffix so libraries that dispatch on it (tifffile, zarr) behave as for the final name.
+    suffix so libraries that dispatch on it (tifffile, zarr) behave as for the final name,
+    and names its writer (host and process), so the leftovers of a killed writer are removed
+    when the output is written again, while a live concurrent writer's are left alone.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{''.join(path.suffixes[-1:])}")
+    remove_stale_temporaries(path)
+    writer = f"{socket.gethostname()}~{os.getpid()}"
+    tmp = path.with_name(f".{path.name}.{writer}~{uuid.uuid4().hex[:8]}.tmp{''.join(path.suffixes[-1:])}")
     try:
         yield tmp
         if path.is_dir() and not path.is_symlink():
@@ -152,6 +163,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` left by writers that died (same host, process
+    gone; another host's only after a day); returns what was removed."""
+    host = socket.gethostname()
+    removed = []
+    for tmp in path.parent.glob(glob.escape(f".{path.name}.") + "*.tmp*"):
+        writer = tmp.name[len(path.name) + 2:].split("~")
+        if len(writer) == 3 and writer[0] == host:
+            stale = writer[1].isdigit() and not _alive(int(writer[1]))
+        else:
+            try:
+                stale = time.time() - tmp.lstat().st_mtime > STALE_FOREIGN_SECONDS
+            except OSError:
+                continue
+        if stale:
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_tiff(path: str | Path, arr: np.ndarray, compress: bool = True) -> None:

@@ -46,8 +46,13 @@ class Dataset:
     def all(self) -> list[Sample]:
         return [*self.train, *self.val, *self.test]
 
-    def by_id(self) -> dict[str, Sample]:
-        return {s.id: s for s in self.all()}
+    def training(self) -> dict[str, Sample]:
+        """Training and validation samples by id (they share the prepared-data folders)."""
+        return {s.id: s for s in [*self.train, *self.val]}
+
+    def testing(self) -> dict[str, Sample]:
+        """Test samples by id (their outputs live in folders of their own)."""
+        return {s.id: s for s in self.test}
 
 
 class SampleSource(Protocol):
@@ -179,8 +184,18 @@ def split_validation(train: list[Sample], fraction: float, seed: int) -> tuple[l
 
 
 def _check_unique_ids(ds: Dataset) -> None:
+    """Names must be unique among the training and validation images (their prepared copies share
+    folders) and among the test images; a test image may share a training image's name (many
+    layouts number every split from 0001). A validation image named like a training image is
+    renamed ``val_<name>``."""
     seen: dict[str, Sample] = {}
-    for s in ds.all():
-        if s.id in seen:
-            raise InputError(s.image, f"sample name '{s.id}' is also used by {seen[s.id].image}; names must be unique across splits")
-        seen[s.id] = s
+    for i, s in enumerate(ds.val):
+        if s.id in {t.id for t in ds.train}:
+            ds.val[i] = s = Sample(f"val_{s.id}", s.image, s.label, s.split)
+    for group in ([*ds.train, *ds.val], ds.test):
+        seen = {}
+        for s in group:
+            if s.id in seen:
+                raise InputError(s.image, f"sample name '{s.id}' is also used by {seen[s.id].image}; names must be "
+                                          f"unique within the {'test' if s.split == 'test' else 'training and validation'} images")
+            seen[s.id] = s

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..core.axes import canonical_image, canonical_label
-from ..core.errors import InputError
-from ..core.imageio import check_image_dtype, open_array
+from ..core.errors import InputError, explain_os_error
+from ..core.imageio import check_image_dtype, open_array, write_text
 from .samples import Dataset, Sample
 
 
@@ -54,8 +54,8 @@ class ProbeCache:
     def get(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
         try:
             st = os.stat(path)
-        except FileNotFoundError as exc:
-            raise InputError(path, "file not found") from exc
+        except OSError as exc:
+            raise InputError(path, explain_os_error(exc)) from exc
         key = [st.st_size, st.st_mtime_ns]
         hit = self.entries.get(path)
         if hit and hit[:2] == key:
@@ -66,11 +66,10 @@ class ProbeCache:
         return shape, dtype
 
     def save(self) -> None:
+        """Write the cache under a temporary name of this writer's own: two workflows parsed at
+        once (or a cluster's jobs) may save it at the same time, and the last rename wins."""
         if self.path and self.dirty:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.entries))
-            os.replace(tmp, self.path)
+            write_text(self.path, json.dumps(self.entries))
 
 
 #: Canonical shapes already worked out, by (kind, header shape, dtype, ndim, axes): a dataset
@@ -79,14 +78,19 @@ class ProbeCache:
 _CANONICAL: dict[tuple[Any, ...], tuple[int, ...]] = {}
 
 
-def spatial_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str, axes: str | None) -> tuple[int, ...]:
-    """Canonical (Z)YX shape of an image, using the one axes function on a zero-size view."""
+def canonical_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str, axes: str | None) -> tuple[int, ...]:
+    """Canonical (Z)YXC shape of an image, using the one axes function on a zero-size view."""
     key = ("image", tuple(shape), np.dtype(dtype).str, ndim, axes)
     hit = _CANONICAL.get(key)
     if hit is None:
         view = np.broadcast_to(np.zeros((), dtype=dtype), shape)
-        hit = _CANONICAL[key] = tuple(canonical_image(view, ndim, path, axes).shape[:-1])
+        hit = _CANONICAL[key] = tuple(canonical_image(view, ndim, path, axes).shape)
     return hit
+
+
+def spatial_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str, axes: str | None) -> tuple[int, ...]:
+    """Canonical (Z)YX shape of an image."""
+    return canonical_shape(shape, dtype, ndim, path, axes)[:-1]
 
 
 def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -> tuple[int, ...]:
@@ -99,8 +103,9 @@ def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -
     return hit
 
 
-def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_kind: str) -> np.dtype:
-    """Header checks of one sample; returns the image dtype (float images need a pixel scan).
+def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_kind: str) -> tuple[np.dtype, int]:
+    """Header checks of one sample; returns the image dtype (float images need a pixel scan)
+    and its number of channels.
 
     ``label_kind`` is the task's: ``image`` labels are checked against their image here,
     ``table`` labels (points) when they are read, ``class`` labels (names) at discovery.
@@ -108,9 +113,10 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
     ndim = cfg["ndim"]
     shape, dtype = cache.get(sample.image)
     check_image_dtype(dtype, sample.image)
-    img_shape = spatial_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
+    full = canonical_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
+    img_shape, channels = full[:-1], full[-1]
     if label_kind == "class":
-        return dtype  # whole images are resized, never padded
+        return dtype, channels  # whole images are resized, never padded
     if sample.label is not None and label_kind == "image":
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":
@@ -127,17 +133,24 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
                 sample.image,
                 f"image of shape {img_shape} is smaller than train.patch_size {list(patch)}; set train.pad: true or use a smaller patch",
             )
-    return dtype
+    return dtype, channels
 
 
 def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str, cache_path: str | Path | None = None) -> list[str]:
-    """Raise InputError for the first sample whose files are unusable; returns the ids of the
-    float images, the only ones that can hold NaN/Inf (their pixels are scanned by a job)."""
+    """Raise InputError for the first sample whose files are unusable (from headers: dtypes,
+    shapes, channels); returns the ids of the float images, which can hold NaN/Inf."""
     cache = ProbeCache(cache_path)
     floats = []
+    first: tuple[Sample, int] | None = None
     try:
         for sample in ds.all():
-            if check_sample(sample, cfg, cache, label_kind).kind in "fc":
+            dtype, channels = check_sample(sample, cfg, cache, label_kind)
+            if first is None:
+                first = (sample, channels)
+            elif channels != first[1]:
+                raise InputError(sample.image, f"has {channels} channel(s) but {first[0].image} has {first[1]}; every "
+                                               "image needs the same channels (set data.axes if an axis is misread)")
+            if dtype.kind in "fc":
                 floats.append(sample.id)
     finally:
         cache.save()

@@ -113,6 +113,11 @@ class Task:
                                    f"{tuple(image_shape)}")
         return label
 
+    def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
+        """Read a test label and check that the task can score it (values, shape), naming the
+        file; before training, so a bad test label costs no compute."""
+        self.make_targets(self.read_label(path, image_shape), path)
+
     def out_channels(self) -> int:
         """Number of channels the model outputs (logits)."""
         raise NotImplementedError

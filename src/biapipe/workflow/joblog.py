@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import expected_failure
+
 _LOG_LOCK = threading.Lock()
 
 
@@ -41,7 +43,8 @@ def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
         yield logger
         logger.info("done in %.2f s (process peak RSS %.0f MiB)", time.perf_counter() - start, peak_rss_mib())
     except Exception as exc:
-        logger.error("%s: %s", type(exc).__name__, exc)
+        shown = expected_failure(exc) or exc
+        logger.error("%s: %s", type(shown).__name__, shown)
         raise
     finally:
         handler.close()
@@ -54,12 +57,24 @@ def peak_rss_mib() -> float:
 
 def stage(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A stage called with keyword arguments only, plus ``log`` (the job's log file) and the
-    job's ``logger`` handed to stages that log themselves."""
+    job's ``logger`` handed to stages that log themselves.
+
+    An expected failure (bad input, disk full, permissions: :func:`expected_failure`) leaves the
+    stage as one BiapipeError without the library's frames, so the console shows one line of
+    what, which file and what to do rather than a stack trace; anything else is a bug and keeps
+    its traceback.
+    """
     wants_logger = "logger" in fn.__code__.co_varnames[: fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]
 
     @functools.wraps(fn)
     def run(*, log: str | None = None, **kwargs: Any) -> Any:
-        with job_log(log, fn.__name__) as logger:
-            return fn(**kwargs, logger=logger) if wants_logger else fn(**kwargs)
+        try:
+            with job_log(log, fn.__name__) as logger:
+                return fn(**kwargs, logger=logger) if wants_logger else fn(**kwargs)
+        except Exception as exc:  # noqa: BLE001 (sorted into expected failures and bugs)
+            failure = expected_failure(exc)
+            if failure is None:
+                raise
+        raise failure.with_traceback(None) from None
 
     return run

@@ -51,7 +51,6 @@ class Plan:
     cfg: Section
     task: Task
     ds: Dataset
-    float_ids: list[str] = field(default_factory=list)
     large_ids: list[str] = field(default_factory=list)
     split_ids: list[str] = field(default_factory=list)
     #: split large images: prediction block ids, and (segmentation split too) segmentation block ids
@@ -63,8 +62,12 @@ class Plan:
         return f"{self.cfg['results']}/{self.cfg['experiment']}"
 
     @property
-    def samples(self) -> dict[str, Sample]:
-        return self.ds.by_id()
+    def train_samples(self) -> dict[str, Sample]:
+        return self.ds.training()
+
+    @property
+    def test_samples(self) -> dict[str, Sample]:
+        return self.ds.testing()
 
     def ids(self, split: str) -> list[str]:
         return [s.id for s in getattr(self.ds, split)]
@@ -72,11 +75,6 @@ class Plan:
     @property
     def scored_ids(self) -> list[str]:
         return [s.id for s in self.ds.test if s.label is not None]
-
-    @property
-    def float_test_ids(self) -> list[str]:
-        floats = set(self.float_ids)
-        return [i for i in self.ids("test") if i in floats]
 
 
 def discover_dataset(cfg: Section) -> Dataset:
@@ -90,8 +88,9 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     ds = discover_dataset(cfg)
     cfg = get_task(cfg).settled_config(ds)
     task = get_task(cfg)
-    floats = [] if cfg["data"]["demo"] else check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
-    plan = Plan(cfg, task, ds, floats)
+    if not cfg["data"]["demo"]:
+        check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
+    plan = Plan(cfg, task, ds)
     if task.tuning_file() and not ds.val:
         raise ConfigError(f"postprocess.{cfg['workflow']}", "asks for tuned thresholds, which need validation "
                                                             "images (data.val or train.val_fraction > 0)")
@@ -106,7 +105,7 @@ def _plan_large(plan: Plan) -> None:
     cfg, pcfg = plan.cfg, plan.cfg["predict"]
     if not pcfg["large_voxels"] and not pcfg["large_images"]:
         return  # no header read: this runs for every test image at every parse
-    samples = plan.samples
+    samples = plan.test_samples
     for image_id in plan.ids("test"):
         path = samples[image_id].image
         if image_id not in pcfg["large_images"] and not pcfg["large_voxels"]:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..core import imageio
 from ..core.config import Section
+from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import open_lazy
 from ..data.normalize import check_finite, dataset_stats, normalize
@@ -72,15 +73,28 @@ def manifest(*, files: dict[str, list[str]], out: str) -> None:
 
 
 @stage
-def check_pixels(*, images: Sequence[str], out: str, ndim: int, axes: str | None, memory_gb: float) -> None:
-    """Scan float images for NaN/Inf block by block (bounded memory, large images too)."""
-    for path in images:
-        image = open_lazy(path, ndim, axes)
+def check_test_data(*, images: Sequence[str], labels: Sequence[str | None], out: str, task: Task, axes: str | None,
+                    memory_gb: float, large: Sequence[bool]) -> None:
+    """Read every test image (block by block: bounded memory, large images too) and every
+    test label of an ordinary image, so a truncated file, NaN/Inf pixels or label values the
+    task cannot score stop the run before training, naming the file."""
+    for path, label, is_large in zip(images, labels, large, strict=True):
+        image = open_lazy(path, task.ndim, axes)
         spatial = image.shape[:-1]
         shape = choose_block_shape(spatial, image.chunks[:-1], memory_gb * 2**30, 4 * image.shape[-1])
         for block in block_grid(spatial, shape):
-            check_finite(image[block.slices], path)
-    imageio.write_text(out, f"{len(images)} images without NaN/Inf\n")
+            check_finite(_read(image, block.slices, path), path)
+        if label is not None and task.labels_are_files and not is_large:
+            task.check_label(label, spatial)
+    imageio.write_text(out, f"{len(images)} test images and their labels read without a problem\n")
+
+
+def _read(image: Any, region: tuple[slice, ...], path: str) -> np.ndarray:
+    """A region of a lazily opened image; a file that cannot be decoded there is named."""
+    try:
+        return image[region]
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
 
 
 @stage
@@ -225,7 +239,7 @@ def write_metrics(task: Task, output: Any, label: str | None, out_csv: str, imag
         imageio.write_csv(out_csv, pd.DataFrame([{"image": image_id}]))
         return
     truth = task.read_label(label, shape)
-    row = {"image": image_id, **task.evaluate(output, truth)}
+    row = {"image": image_id, **task.evaluate(output, truth, label)}
     task.write_details(out_csv, output, truth)
     imageio.write_csv(out_csv, pd.DataFrame([row]))
 

@@ -73,11 +73,29 @@ def test_missing_folder(tmp_path):
         discover(cfg_for(tmp_path))
 
 
-def test_duplicate_names_across_splits(tmp_path):
+def test_names_may_repeat_across_training_and_test(tmp_path):
+    """Many layouts number every split from 0001: test names live apart from training names."""
     make_split(tmp_path, "train", ["a", "b"])
-    make_split(tmp_path, "test", ["a"])
-    with pytest.raises(InputError, match="names must be unique"):
-        discover(cfg_for(tmp_path))
+    make_split(tmp_path, "val", ["a"])
+    make_split(tmp_path, "test", ["a", "b"])
+    cfg = validate_config({**cfg_for(tmp_path), "data": {s: {"images": str(tmp_path / s / "images"),
+                                                             "labels": str(tmp_path / s / "labels")}
+                                                         for s in ("train", "val", "test")}})
+    ds = discover(cfg)
+    assert [s.id for s in ds.train] == ["a", "b"] and [s.id for s in ds.test] == ["a", "b"]
+    assert [(s.id, s.image) for s in ds.val] == [("val_a", str(tmp_path / "val" / "images" / "a.tif"))]
+    assert set(ds.training()) == {"a", "b", "val_a"} and set(ds.testing()) == {"a", "b"}
+
+
+def test_duplicate_names_within_the_test_images(tmp_path):
+    make_split(tmp_path, "train", ["a", "b"])
+    sheet = tmp_path / "sheet.csv"
+    (tmp_path / "other").mkdir()
+    write_tif(tmp_path / "other" / "b.tif", np.zeros((16, 16), np.uint8))
+    sheet.write_text("image,label,split\ntrain/images/a.tif,train/labels/a.tif,train\n"
+                     "train/images/b.tif,train/labels/b.tif,test\nother/b.tif,,test\n")
+    with pytest.raises(InputError, match="other/b.tif.*unique within the test images"):
+        discover(validate_config({**cfg_for(tmp_path), "data": {"samples": str(sheet)}}))
 
 
 def test_shape_mismatch(tmp_path):

@@ -98,6 +98,9 @@ class DetectionTask(Task):
             raise InputError(path, "points were read without their image's shape; cannot draw targets")
         return point_targets(label, label.shape, self.out_channels(), self.kind, self.size, self.voxel_size)
 
+    def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
+        self.read_label(path, image_shape)  # coordinates inside the image, classes known
+
     def foreground(self, target: np.ndarray) -> np.ndarray:
         return np.asarray(target).max(axis=-1) >= 0.5
 

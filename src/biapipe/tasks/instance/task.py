@@ -85,6 +85,9 @@ class InstanceTask(LabelImageTask):
     def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
         return instance_targets(prepare_labels(label, path), self.spec)
 
+    def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
+        prepare_labels(self.read_label(path, image_shape), path)
+
     def foreground(self, target: np.ndarray) -> np.ndarray:
         for name, level in (("foreground", 0.5), ("signed_distance", 0.0), ("distance", 0.0)):
             if name in self.channels:

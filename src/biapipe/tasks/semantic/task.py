@@ -78,6 +78,9 @@ class SemanticTask(LabelImageTask):
             "(set targets.classes, targets.binarize or targets.ignore_value)"
         )
 
+    def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
+        self.class_map(self.read_label(path, image_shape), path)
+
     def foreground(self, target: np.ndarray) -> np.ndarray:
         return target[..., 0] > 0
 
