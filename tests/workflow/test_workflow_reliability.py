@@ -14,7 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO, TINY_TRAIN, planned_jobs, snakemake, tiny_config, write_config
+from conftest import (
+    REPO,
+    TINY_TRAIN,
+    planned_jobs,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 
 from biapipe.core.config import validate_config
 from biapipe.data.demo import make_demo_data
@@ -70,7 +77,8 @@ def test_a_truncated_test_image_stops_the_run_before_training(tmp_path: Path) ->
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert f"{bad}: cannot read the file (truncated" in out
-    assert not (tmp_path / "results" / "trunc" / "model").exists()  # no training started
+    assert not (tmp_path / "results" / "trunc" / "model" / "best.pt").exists()
+    assert "epoch" not in (tmp_path / "results" / "trunc" / "logs" / "train.log").read_text()  # no training started
     assert "Traceback" not in out and out.count('  File "') <= 2
 
 

@@ -19,7 +19,7 @@ if CFG["data"]["demo"]:
 
 rule normalize_stats_inputs:  # one file, not thousands, as the input of normalize_stats
     input:
-        images=[TRAIN_SAMPLES[i].image for i in TRAIN_IDS],
+        images=[W.train_samples[i].image for i in TRAIN_IDS],
     output:
         f"{OUT}/normalize/inputs.json",
     log:
@@ -50,8 +50,8 @@ rule normalize_stats:
 # the plan of large datasets small (docs/architecture.md, "planning cost").
 rule prepare:
     input:
-        image=train_image_of,
-        label=train_label_of,
+        image=W.train_image_of,
+        label=W.train_label_of,
         stats=STATS_INPUT,
     output:
         image=directory(f"{OUT}/normalized/{{image}}.zarr"),
@@ -61,26 +61,9 @@ rule prepare:
         axes=AXES,
         workflow=CFG["workflow"],
         targets=smk.rerun_key(CFG["targets"]),
-        **TRAIN_LABEL_PARAM,
+        **({} if TASK.labels_are_files else {"label": W.train_label_value}),
     log:
         f"{OUT}/logs/prepare/{{image}}.log",
     priority: 50
     run:
-        stages.prepare(**prepare_args(input, output, wildcards), log=log[0])
-
-
-if TEST_CHECK:
-
-    rule check_test_data:
-        input:
-            images=[TEST_SAMPLES[i].image for i in TEST_IDS],
-            labels=[f for i in TEST_IDS for f in [_label_file(TEST_SAMPLES[i])] if f],
-        output:
-            TEST_CHECK[0],
-        params:
-            **LABEL_VALUES,
-        log:
-            f"{OUT}/logs/check_test_data.log",
-        priority: 100
-        run:
-            stages.check_test_data(**check_test_args(output), log=log[0])
+        stages.prepare(**W.prepare(input, output, wildcards), log=log[0])

@@ -12,17 +12,17 @@ rule postprocess:
     output:
         main=f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
         metrics=f"{OUT}/metrics/{{image}}.csv",
-        **SIDE_OUTPUTS,
+        **W.side,
     params:
         postprocess=smk.rerun_key(CFG["postprocess"]),
         evaluate=smk.rerun_key(CFG["evaluate"]),
-        **LABEL_PARAM,
+        **W.label_param(),
     wildcard_constraints:
         image=NOT_LARGE,
     log:
         f"{OUT}/logs/postprocess/{{image}}.log",
     run:
-        stages.postprocess(**postprocess_args(input, output, wildcards), log=log[0])
+        stages.postprocess(**W.postprocess(input, output, wildcards), log=log[0])
 
 
 if LARGE_IDS:
@@ -33,15 +33,15 @@ if LARGE_IDS:
     rule postprocess_large:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
-            blocks=block_markers,
-            segmented=segmented_of,
+            blocks=W.block_markers,
+            segmented=W.segmented_of,
             image=IMAGE_FOR_POSTPROCESS,
             tuning=TUNING_INPUT,
-            label=label_of,
+            label=W.label_of,
         output:
             main=large_output(f"{OUT}/{TASK.output_dir}/{{image}}{TASK.large_output_suffix}"),
             metrics=f"{OUT}/metrics/{{image}}.csv",
-            **SIDE_OUTPUTS,
+            **W.side,
         params:
             postprocess=smk.rerun_key(CFG["postprocess"]),
             evaluate=smk.rerun_key(CFG["evaluate"]),
@@ -53,17 +53,18 @@ if LARGE_IDS:
         log:
             f"{OUT}/logs/postprocess/{{image}}.log",
         run:
-            stages.postprocess(**postprocess_args(input, output, wildcards), log=log[0])
+            stages.postprocess(**W.postprocess(input, output, wildcards), log=log[0])
 
 
 rule aggregate:
     input:
-        expand(f"{OUT}/metrics/{{image}}.csv", image=SCORED_IDS),
+        [W.metrics(i) for i in W.unbatched if i in W.scored],
+        W.markers("postprocess"),
     output:
         metrics=f"{OUT}/metrics.csv",
         summary=f"{OUT}/summary.csv",
     log:
         f"{OUT}/logs/aggregate.log",
     run:
-        stages.aggregate(metrics=list(input), out_metrics=output.metrics, out_summary=output.summary, task=TASK,
-                         log=log[0])
+        stages.aggregate(metrics=[W.metrics(i) for i in SCORED_IDS], out_metrics=output.metrics,
+                         out_summary=output.summary, task=TASK, log=log[0])

@@ -8,7 +8,7 @@ if SPLIT_IDS:
 
     rule predict_store:
         input:
-            image=image_of,
+            image=W.image_of,
             stats=STATS_INPUT,
         output:
             directory(f"{OUT}/predictions/{{image}}.zarr"),
@@ -21,14 +21,14 @@ if SPLIT_IDS:
         log:
             f"{OUT}/logs/predict/{{image}}.log",
         run:
-            stages.prepare_prediction(image=input.image, store=output[0], task=TASK, stats=stats_of(input),
-                                      log=log[0])
+            stages.prepare_prediction(image=input.image, store=output[0], task=TASK,
+                                      stats=input.stats[0] if input.stats else None, log=log[0])
 
     rule predict_block:
         input:
             model=f"{OUT}/model/best.pt",
             store=f"{OUT}/predictions/{{image}}.zarr",
-            image=image_of,
+            image=W.image_of,
         output:
             f"{OUT}/large/{{image}}/predict/{{block}}.done",
         params:
@@ -53,7 +53,7 @@ if PLAN.segment_blocks:
     rule segment_store:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
-            blocks=block_markers,
+            blocks=W.block_markers,
         output:
             directory(f"{OUT}/large/{{image}}/segments.zarr"),
         wildcard_constraints:
@@ -68,7 +68,7 @@ if PLAN.segment_blocks:
     rule segment_block:
         input:
             prediction=f"{OUT}/predictions/{{image}}.zarr",
-            blocks=block_markers,
+            blocks=W.block_markers,
             store=f"{OUT}/large/{{image}}/segments.zarr",
             tuning=TUNING_INPUT,
         output:

@@ -23,4 +23,4 @@ rule predict:
     log:
         f"{OUT}/logs/predict/{{image}}.log",
     run:
-        stages.predict(**predict_args(input, output, wildcards, threads), log=log[0])
+        stages.predict(**W.predict(input, output, wildcards, threads), log=log[0])

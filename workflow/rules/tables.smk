@@ -6,13 +6,15 @@ if TASK.outputs_tables and TEST_IDS:
 
     rule outputs_tables:
         input:
-            expand(f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}", image=TEST_IDS),
+            [W.output(i) for i in W.unbatched],
+            W.markers("postprocess"),
         output:
             **{name: f"{OUT}/{path}" for name, path in TASK.outputs_tables.items()},
         log:
             f"{OUT}/logs/outputs_tables.log",
         run:
-            stages.outputs_tables(outputs=list(input), paths=dict(output.items()), task=TASK, log=log[0])
+            stages.outputs_tables(outputs=[W.output(i) for i in TEST_IDS],
+                                  paths=dict(output.items()), task=TASK, log=log[0])
 
 
 if TASK.metrics_tables and SCORED_IDS:

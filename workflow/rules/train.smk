@@ -10,15 +10,13 @@ rule train_inputs:
         train_targets=expand(f"{OUT}/targets/{{image}}.zarr", image=TRAIN_IDS),
         val_images=expand(f"{OUT}/normalized/{{image}}.zarr", image=VAL_IDS),
         val_targets=expand(f"{OUT}/targets/{{image}}.zarr", image=VAL_IDS),
-        test_check=TEST_CHECK,
     output:
         f"{OUT}/model/inputs.json",
     log:
         f"{OUT}/logs/train_inputs.log",
     localrule: True
     run:
-        stages.manifest(files={k: list(v) for k, v in input.items() if k != "test_check"}, out=output[0],
-                        log=log[0])
+        stages.manifest(files=dict(input.items()), out=output[0], log=log[0])
 
 
 rule train:

@@ -27,7 +27,7 @@ if TUNING_INPUT:
     rule tune:
         input:
             predictions=expand(f"{OUT}/tuning/predictions/{{image}}.zarr", image=VAL_IDS),
-            labels=[TRAIN_SAMPLES[i].label for i in VAL_IDS],
+            labels=[W.train_samples[i].label for i in VAL_IDS],
         output:
             TUNING_INPUT[0],
         params:

@@ -174,9 +174,14 @@ class Task:
         """Names of the stored prediction channels (exported models name them)."""
         return [f"channel_{c}" for c in range(self.out_channels())]
 
-    def predict_whole(self, model_path: str | Path, image: np.ndarray, out_zarr: str | Path) -> None:
-        """Whole-image tasks (``whole_image``): predict one normalized image into ``out_zarr``."""
+    def predict_whole(self, predictor: Any, image: np.ndarray) -> np.ndarray:
+        """Whole-image tasks (``whole_image``): the prediction of one normalized image by a loaded
+        predictor (``inference.predictor.Predictor``)."""
         raise NotImplementedError(f"the {self.name} workflow predicts by tiles")
+
+    def prediction_attrs(self) -> dict[str, Any]:
+        """What a stored prediction records about the task besides the model and tiles; none by default."""
+        return {}
 
     # ------------------------------------------------------------------ post-processing
     def postprocess(self, prediction: np.ndarray) -> Any:

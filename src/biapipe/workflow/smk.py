@@ -9,7 +9,10 @@ patterns where the folder layout allows (docs/architecture.md, "planning cost").
 
 from __future__ import annotations
 
+import math
+import os
 import re
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +59,8 @@ class Plan:
     #: split large images: prediction block ids, and (segmentation split too) segmentation block ids
     blocks: dict[str, list[int]] = field(default_factory=dict)
     segment_blocks: dict[str, list[int]] = field(default_factory=dict)
+    #: batch name -> test image ids predicted and post-processed by one job each (empty: one job per image)
+    batches: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def out(self) -> str:
@@ -96,6 +101,8 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
                                                             "images (data.val or train.val_fraction > 0)")
     if task.large_output_suffix is not None:
         _plan_large(plan)
+    large = set(plan.large_ids)
+    plan.batches = plan_batches([i for i in plan.ids("test") if i not in large], cfg["predict"]["batch_images"])
     return plan
 
 
@@ -120,6 +127,60 @@ def _plan_large(plan: Plan) -> None:
         plan.blocks[image_id] = [b.index for b in plan_for_shape(image.shape, plan.task.out_channels(), pcfg)[1]]
         if plan.task.splits_segmentation:
             plan.segment_blocks[image_id] = plan.task.segment_block_ids(image.shape)
+
+
+# --------------------------------------------------------------------------- batches
+
+#: ``batch_images: auto``: one image per job up to this many test images ...
+AUTO_SINGLE_UP_TO = 1000
+#: ... else about this many images per job.
+AUTO_BATCH_IMAGES = 100
+
+
+def batch_count(n_images: int, batch_images: int | str) -> int:
+    """How many batches ``n_images`` go into: a power of two near n / batch_images, so the count
+    (and with it every image's batch) stays put while the dataset grows, until it doubles."""
+    per_job = (1 if n_images <= AUTO_SINGLE_UP_TO else AUTO_BATCH_IMAGES) if batch_images == "auto" else int(batch_images)
+    if per_job <= 1 or n_images <= per_job:
+        return n_images if per_job <= 1 else 1
+    return 2 ** max(0, round(math.log2(n_images / per_job)))
+
+
+def batch_name(image_id: str, n_batches: int) -> str:
+    """The batch of an image: a hash of its name, so it does not depend on the other images."""
+    return f"b{zlib.crc32(image_id.encode()) % n_batches:05d}"
+
+
+def plan_batches(ids: Sequence[str], batch_images: int | str) -> dict[str, list[str]]:
+    """Batch name -> image ids, or {} when every image gets jobs of its own."""
+    n = batch_count(len(ids), batch_images)
+    if n >= len(ids):
+        return {}
+    batches: dict[str, list[str]] = {}
+    for image_id in ids:
+        batches.setdefault(batch_name(image_id, n), []).append(image_id)
+    return dict(sorted(batches.items()))
+
+
+def drop_incomplete_batches(plan: Plan, marker_of: Callable[[str], str], outputs_of: Callable[[str], list[str]]) -> int:
+    """Remove the marker of every batch one of whose per-image outputs is missing, so Snakemake
+    reruns that batch (it only sees the marker). One folder listing per output folder, not a
+    file test per image. Returns the number of batches reopened."""
+    listed: dict[str, set[str]] = {}
+    reopened = 0
+    for name, ids in plan.batches.items():
+        marker = Path(marker_of(name))
+        if not marker.exists():
+            continue
+        for path in (p for i in ids for p in outputs_of(i)):
+            folder, file = os.path.split(path)
+            if folder not in listed:
+                listed[folder] = set(os.listdir(folder)) if os.path.isdir(folder) else set()
+            if file not in listed[folder]:
+                marker.unlink()
+                reopened += 1
+                break
+    return reopened
 
 
 # --------------------------------------------------------------------------- rule parameters
@@ -178,17 +239,24 @@ def id_regex(ids: Sequence[str], exclude: bool = False, suffixes: Sequence[str] 
 
 
 def final_outputs(plan: Plan) -> list[str]:
-    """What `all` asks for: the model, every test image's output, the tables."""
+    """What `all` asks for: the model, every test image's output (or its batch's marker), the tables."""
     out, task = plan.out, plan.task
     large = set(plan.large_ids)
+    batched = {i for ids in plan.batches.values() for i in ids}
     outs = [f"{out}/model/best.pt", f"{out}/model/training_curve.png"]
-    outs += [output_path(plan, i, i in large) for i in plan.ids("test")]
+    outs += [output_path(plan, i, i in large) for i in plan.ids("test") if i not in batched]
+    outs += [batch_marker(plan, "postprocess", name) for name in plan.batches]
     if plan.scored_ids:
         outs += [f"{out}/metrics.csv", f"{out}/summary.csv"]
         outs += [f"{out}/{p}" for p in task.metrics_tables.values()]
     if plan.ids("test"):
         outs += [f"{out}/{p}" for p in task.outputs_tables.values()]
     return outs
+
+
+def batch_marker(plan: Plan, stage: str, name: str) -> str:
+    """The file a batch job leaves when every image of its batch is done."""
+    return f"{plan.out}/batches/{stage}/{name}.done"
 
 
 def output_path(plan: Plan, image_id: str, large: bool) -> str:

@@ -72,9 +72,8 @@ def manifest(*, files: dict[str, list[str]], out: str) -> None:
     imageio.write_json(out, {k: [str(f) for f in v] for k, v in files.items()})
 
 
-@stage
-def check_test_data(*, images: Sequence[str], labels: Sequence[str | None], out: str, task: Task, axes: str | None,
-                    memory_gb: float, large: Sequence[bool]) -> None:
+def check_test_data(images: Sequence[str], labels: Sequence[str | None], task: Task, axes: str | None,
+                     memory_gb: float, large: Sequence[bool]) -> None:
     """Read every test image (block by block: bounded memory, large images too) and every
     test label of an ordinary image, so a truncated file, NaN/Inf pixels or label values the
     task cannot score stop the run before training, naming the file."""
@@ -86,7 +85,6 @@ def check_test_data(*, images: Sequence[str], labels: Sequence[str | None], out:
             check_finite(_read(image, block.slices, path), path)
         if label is not None and task.labels_are_files and not is_large:
             task.check_label(label, spatial)
-    imageio.write_text(out, f"{len(images)} test images and their labels read without a problem\n")
 
 
 def _read(image: Any, region: tuple[slice, ...], path: str) -> np.ndarray:
@@ -128,8 +126,18 @@ def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: T
 @stage
 def train(*, manifest: str, model_dir: str, cfg: dict[str, Any], task: Task, threads: int | None = None,
           logger: logging.Logger) -> None:
+    """Check the test data, then train. The test images are read here, in the train job, rather
+    than by a job of their own that training waits for: such a job would make every later change
+    of a test image retrain the model (docs/architecture.md, "bad input before compute")."""
     from ..training.launch import train as run_training
+    from .smk import make_plan
 
+    plan = make_plan(cfg, ".")
+    ids = plan.ids("test")
+    if ids:
+        logger.info("reading the %d test images and their labels before training", len(ids))
+        check_test_data([plan.test_samples[i].image for i in ids], [plan.test_samples[i].label for i in ids],
+                         task, cfg["data"]["axes"], cfg["predict"]["memory_gb"], [i in plan.large_ids for i in ids])
     files = imageio.read_json(manifest)
     cfg = cfg.replace(train=with_threads(cfg["train"], threads))
     run_training(cfg, task.__class__(cfg), list(zip(files["train_images"], files["train_targets"])),
@@ -150,23 +158,61 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
     if large:
         from ..large.run import predict_large
 
-        cfg = task.cfg.replace(predict=pcfg)
-        predict_large(model, image, out, task, cfg, _stats(stats))
+        predict_large(model, image, out, task, task.cfg.replace(predict=pcfg), _stats(stats))
         return
     array = imageio.read_array(image) if normalized else normalized_image(image, task.ndim, axes, normalize,
                                                                          _stats(stats))
-    if task.whole_image:
-        task.predict_whole(model, array, out)
-        return
+    _write_prediction(out, _predict_array(model, image, array, task, pcfg), task, model, pcfg)
+
+
+@stage
+def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], marker: str, task: Task,
+                  axes: str | None, normalize: dict[str, Any], predict: Section, threads: int | None = None,
+                  stats: str | None = None) -> None:
+    """Predict a batch of test images with one model load, each into its own output. The next
+    image is read and normalized while the current one is predicted, and outputs are written in
+    the background, so a GPU is not left waiting for the disk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pcfg, stats_dict = with_threads(predict, threads), _stats(stats)
+
+    def load(path: str) -> np.ndarray:
+        return normalized_image(path, task.ndim, axes, normalize, stats_dict)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
+        next_image = reader.submit(load, images[0]) if images else None
+        written = []
+        for k, (image, out) in enumerate(zip(images, outs, strict=True)):
+            array = next_image.result()
+            next_image = reader.submit(load, images[k + 1]) if k + 1 < len(images) else None
+            result = _predict_array(model, image, array, task, pcfg)
+            written.append(writer.submit(_write_prediction, out, result, task, model, pcfg))
+        for future in written:
+            future.result()
+    imageio.write_text(marker, f"{len(images)} images predicted\n")
+
+
+def _predict_array(model: str, image: str, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
+    """The task's activated prediction of one normalized image (tiles, or one pass for whole-image tasks)."""
     from ..inference.predict import predict_image
     from ..inference.predictor import load_predictor
 
     predictor = load_predictor(model, pcfg["device"])
-    result = predict_image(predictor.model, array.astype(np.float32, copy=False), pcfg, task.activate,
-                           predictor.divisor, predictor.device)
-    imageio.write_zarr(out, result.astype(np.float32, copy=False), chunks=zarr_chunks(result.shape, task.ndim),
-                       attrs={"model": str(model), "mode": pcfg["mode"], "tile_size": list(pcfg["tile_size"]),
-                              "overlap": pcfg["overlap"]})
+    expected = int(predictor.spec["in_channels"])
+    if array.shape[-1] != expected:
+        raise InputError(image, f"has {array.shape[-1]} channel(s) but the model {model} expects {expected}")
+    if task.whole_image:
+        return task.predict_whole(predictor, array)
+    return predict_image(predictor.model, array.astype(np.float32, copy=False), pcfg, task.activate,
+                         predictor.divisor, predictor.device)
+
+
+def _write_prediction(out: str, result: np.ndarray, task: Task, model: str, pcfg: Section) -> None:
+    attrs = {"model": str(model), "mode": pcfg["mode"], "tile_size": list(pcfg["tile_size"]),
+             "overlap": pcfg["overlap"], **task.prediction_attrs()}
+    chunks = zarr_chunks(result.shape, task.ndim) if result.ndim == task.ndim + 1 else None
+    imageio.write_zarr(out, result.astype(np.float32, copy=False), chunks=chunks, attrs=attrs)
 
 
 @stage
@@ -212,6 +258,23 @@ def postprocess(*, prediction: str, out: str, task: Task, axes: str | None, imag
     those of the raw ``image``). Predictions made block by block (large images) are
     post-processed by blocks; their label volumes are scored by blocks too.
     """
+    _postprocess_one(prediction, out, task, axes, image, side, label, metrics, image_id, segmented)
+
+
+@stage
+def postprocess_batch(*, predictions: Sequence[str], outs: Sequence[str], metrics: Sequence[str],
+                      images: Sequence[str], labels: Sequence[str | None], sides: Sequence[dict[str, str]],
+                      image_ids: Sequence[str], marker: str, task: Task, axes: str | None) -> None:
+    """Post-process and score a batch of test images, each into its own outputs."""
+    for args in zip(predictions, outs, images, sides, labels, metrics, image_ids, strict=True):
+        prediction, out, image, side, label, metric, image_id = args
+        _postprocess_one(prediction, out, task, axes, image, side, label, metric, image_id, None)
+    imageio.write_text(marker, f"{len(predictions)} images post-processed\n")
+
+
+def _postprocess_one(prediction: str, out: str, task: Task, axes: str | None, image: str | None,
+                     side: dict[str, str] | None, label: str | None, metrics: str | None, image_id: str,
+                     segmented: tuple[str, list[str]] | None) -> None:
     if is_block_prediction(prediction):
         task.postprocess_large(prediction, out, side, image, segmented)
         if task.large_output_suffix == task.output_suffix:  # a small table (points): scored as usual

@@ -146,8 +146,8 @@ MESSAGES = {"truncated image": "cannot read|truncated", "label outside the class
 @pytest.mark.parametrize("split", SPLITS)
 @pytest.mark.parametrize("kind", BAD_PIXELS)
 def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, tmp_path, monkeypatch) -> None:
-    """Training and validation images meet the check in their prepare jobs, test images in
-    check_test_data: both run before training, and both name the input file."""
+    """Training and validation images meet the check in their prepare jobs, test images in the
+    train job before it trains: both run before training, and both name the input file."""
     cfg = layout(tmp_path)
     image, label = (tmp_path / split / d / f"{split}1.tif" for d in ("images", "labels"))
     named = _break(kind, image, label)
@@ -157,9 +157,8 @@ def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, 
         if split == "test":
             samples = plan.test_samples
             ids = plan.ids("test")
-            stages.check_test_data(images=[samples[i].image for i in ids], labels=[samples[i].label for i in ids],
-                                   out=str(tmp_path / "ok"), task=task, axes=None, memory_gb=1.0,
-                                   large=[False] * len(ids))
+            stages.check_test_data([samples[i].image for i in ids], [samples[i].label for i in ids], task, None, 1.0,
+                                   [False] * len(ids))
         else:
             sample = plan.train_samples[f"{split}1"]
             stages.prepare(image=sample.image, label=sample.label, image_out=str(tmp_path / "n.zarr"),
@@ -170,10 +169,8 @@ def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, 
 def test_good_test_data_passes_the_check(tmp_path, monkeypatch) -> None:
     plan = _plan(layout(tmp_path), tmp_path, monkeypatch)
     ids = plan.ids("test")
-    stages.check_test_data(images=[plan.test_samples[i].image for i in ids],
-                           labels=[plan.test_samples[i].label for i in ids], out=str(tmp_path / "ok"),
-                           task=plan.task, axes=None, memory_gb=1.0, large=[False] * len(ids))
-    assert "2 test images" in (tmp_path / "ok").read_text()
+    stages.check_test_data([plan.test_samples[i].image for i in ids], [plan.test_samples[i].label for i in ids],
+                           plan.task, None, 1.0, [False] * len(ids))
 
 
 # --------------------------------------------------------------------------- expected failures

@@ -164,26 +164,20 @@ class ClassificationTask(Task):
 
         return torch.softmax(logits, dim=1)
 
-    def predict_whole(self, model_path: str | Path, image: np.ndarray, out_zarr: str | Path) -> None:
-        """One forward pass of the whole (resized) normalized image; writes the K class probabilities."""
-        from ...inference.predictor import load_predictor
-
-        pcfg = self.cfg["predict"]
-        predictor = load_predictor(model_path, pcfg["device"])
-        spec = predictor.spec
-        self._check_model(model_path, spec)
-        image = np.asarray(image, dtype=np.float32)
-        if image.shape[-1] != spec["in_channels"]:
-            raise InputError(out_zarr, f"input image has {image.shape[-1]} channels but the model expects {spec['in_channels']}")
+    def predict_whole(self, predictor: Any, image: np.ndarray) -> np.ndarray:
+        """One forward pass of the whole (resized) normalized image: the K class probabilities."""
         import torch
 
         from .data import class_probabilities
 
-        torch.set_num_threads(int(pcfg["threads"]))
-        probs = class_probabilities(predictor.model, image, spec["input_size"], predictor.device)
-        imageio.write_zarr(out_zarr, probs, attrs={"classes": list(spec["classes"]), "checkpoint": str(model_path),
-                                                   "epoch": predictor.meta.get("epoch"),
-                                                   "input_size": list(spec["input_size"])})
+        spec = predictor.spec
+        self._check_model(predictor.path, spec)
+        torch.set_num_threads(int(self.cfg["predict"]["threads"]))
+        return class_probabilities(predictor.model, np.asarray(image, dtype=np.float32), spec["input_size"],
+                                   predictor.device)
+
+    def prediction_attrs(self) -> dict[str, Any]:
+        return {"classes": self.class_names, "input_size": list(self.cfg["train"]["patch_size"])}
 
     def _check_model(self, model_path: str | Path, spec: dict[str, Any]) -> None:
         if "classes" not in spec or "input_size" not in spec:
