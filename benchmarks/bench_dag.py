@@ -5,16 +5,17 @@ datasets of many images; prints a markdown table.
     .venv/bin/python benchmarks/bench_dag.py --sizes 10000 --profile prof.out   # + cProfile of one run
 
 The images are real 16x16 uint8 TIFFs, but only one image and one label file is written:
-every other file is a hard link to them, so making 50,000 pairs takes seconds and the
+every other file is a hard link to them, so making 100,000 pairs takes seconds and the
 header checks still open, stat and parse every path (a link is a file like any other).
-One image in five is a training image (validation carved out by `train.val_fraction`),
-the rest are test images with labels, so the DAG holds every per-image rule: `prepare`
-(normalized image and targets) per training image, `predict` (which normalizes) and `postprocess` (which scores)
-per test image.
+``--train`` images (default 20, validation carved out by `train.val_fraction`) are training
+images, the rest are test images with labels: one `prepare` job per training image, and per
+batch of test images (``predict.batch_images: auto``: one image per job up to 1,000 test
+images, else about 100) one `predict` and one `postprocess` job.
 
 Two timings per size: `cold`, the first parse (every header read, probe cache written to
 `.snakemake/biapipe/probe-cache.json`), and `warm`, a second parse with the cache (what
-every later `snakemake` call, and every cluster job, pays). Target: warm < 20 s for 10,000.
+every later `snakemake` call, and every cluster job, pays). Targets on 2 quiet cores: 10,000
+images in < 10 s, 100,000 in < 60 s.
 Wall and CPU seconds of the Snakemake process are both shown: on a shared machine the wall
 time grows with the load, the CPU time hardly. `--smk-profile profiles/slurm` adds a profile
 (e.g. to see what the cluster profile's groups cost; docs/cluster.md, "Scale").
@@ -36,14 +37,15 @@ import numpy as np
 import tifffile
 import yaml
 
+from biapipe.workflow.smk import batch_count
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = Path(os.environ.get("BIAPIPE_BENCH_SNAKEFILE", REPO / "workflow" / "Snakefile"))
 SIZE = 16
 
 
-def make_dataset(root: Path, n_images: int) -> None:
+def make_dataset(root: Path, n_images: int, n_train: int) -> None:
     """n_images image/label pairs: one real TIFF each, everything else hard links."""
-    n_train = max(2, n_images // 5)
     proto = root / "proto"
     proto.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -86,7 +88,8 @@ def dry_run(workdir: Path, cfgfile: Path, profile_out: str | None = None, extra:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--train", type=int, default=20, help="training images (the rest are test images)")
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the warm run of the last size to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the generated datasets (printed paths)")
     ap.add_argument("--smk-profile", metavar="DIR", help="also pass --profile DIR (e.g. profiles/slurm: groups)")
@@ -98,7 +101,7 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix=f"bench_dag_{n}_"))
         try:
             t0 = time.perf_counter()
-            make_dataset(root / "data", n)
+            make_dataset(root / "data", n, args.train)
             t_make = time.perf_counter() - t0
             cfgfile = root / "cfg.yaml"
             cfgfile.write_text(yaml.safe_dump(config(root / "data")))
@@ -115,13 +118,14 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
 
     where = f" --profile {args.smk_profile}" if args.smk_profile else ""
-    print(f"\n`snakemake -n{where}` (parse, header checks, DAG, dry-run schedule); semantic 2D, 1/5 of images train;")
+    print(f"\n`snakemake -n{where}` (parse, header checks, DAG, dry-run schedule); semantic 2D, {args.train} training "
+          "images, the rest test images;")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (wall time grows with load, CPU time less)\n")
     print("| images | jobs | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for n, _, cold, warm in rows:
-        n_train = max(2, n // 5)
-        jobs = n_train + 2 * (n - n_train) + 4  # prepare per training image, predict + postprocess per test image
+        batches = batch_count(n - args.train, "auto")
+        jobs = args.train + 2 * batches + 4  # prepare per training image, predict + postprocess per batch
         print(f"| {n:,} | {jobs:,} | {cold[0]:.1f} | {cold[1]:.1f} | {warm[0]:.1f} | {warm[1]:.1f} |")
 
 

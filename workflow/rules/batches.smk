@@ -14,6 +14,7 @@ if BATCHES:
             f"{OUT}/batches/predict/{{batch}}.done",
         params:
             images=W.batch_ids,
+            files=W.batch_digest,
             normalize=NORMALIZE_KEY,
             axes=AXES,
             predict=PREDICT_KEY,
@@ -35,6 +36,7 @@ if BATCHES:
             f"{OUT}/batches/postprocess/{{batch}}.done",
         params:
             images=W.batch_ids,
+            files=W.batch_label_digest,
             postprocess=smk.rerun_key(CFG["postprocess"]),
             evaluate=smk.rerun_key(CFG["evaluate"]),
             **W.label_param(batch=True),

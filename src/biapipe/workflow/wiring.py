@@ -8,6 +8,8 @@ image's name (their outputs live in different folders).
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any
 
 from ..data.samples import Sample
@@ -82,10 +84,34 @@ class Wiring:
         return self.test_samples[wildcards.image].label
 
     def batch_images(self, wildcards: Any) -> list[str]:
+        """A batch's images as input files only when a rule makes them (demo data): else Snakemake
+        would look for a producer of every image, which costs planning time per image; their
+        :meth:`batch_digest` (a parameter) reruns the batch when one of them changes."""
+        if not self.cfg["data"]["demo"]:
+            return []
         return [self.test_samples[i].image for i in self.batches[wildcards.batch]]
 
     def batch_labels(self, wildcards: Any) -> list[str]:
+        if not self.cfg["data"]["demo"]:
+            return []
         return [f for i in self.batches[wildcards.batch] for f in [self._label_file(self.test_samples[i])] if f]
+
+    def batch_digest(self, wildcards: Any, labels: bool = False) -> str:
+        """Names, sizes and modification times of a batch's images (and labels): what reruns the
+        batch when an image is changed, added or removed, at one ``stat`` per file."""
+        if self.cfg["data"]["demo"]:
+            return ""
+        parts = []
+        for image_id in self.batches[wildcards.batch]:
+            sample = self.test_samples[image_id]
+            files = [sample.image] + ([sample.label] if labels and sample.label and self.task.labels_are_files else [])
+            for path in files:
+                st = os.stat(path)
+                parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def batch_label_digest(self, wildcards: Any) -> str:
+        return self.batch_digest(wildcards, labels=True)
 
     def batch_ids(self, wildcards: Any) -> list[str]:
         return self.batches[wildcards.batch]
