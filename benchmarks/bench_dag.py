@@ -42,21 +42,28 @@ from biapipe.workflow.smk import batch_count
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = Path(os.environ.get("BIAPIPE_BENCH_SNAKEFILE", REPO / "workflow" / "Snakefile"))
 SIZE = 16
+LINKS_PER_FILE = 50_000
 
 
 def make_dataset(root: Path, n_images: int, n_train: int) -> None:
-    """n_images image/label pairs: one real TIFF each, everything else hard links."""
+    """n_images image/label pairs: a few real TIFFs, everything else hard links to them (a new
+    original every LINKS_PER_FILE links: file systems cap the links of one file)."""
     proto = root / "proto"
     proto.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    tifffile.imwrite(proto / "image.tif", rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8))
-    tifffile.imwrite(proto / "label.tif", (rng.random((SIZE, SIZE)) > 0.5).astype(np.uint8))
+    image = rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8)
+    label = (rng.random((SIZE, SIZE)) > 0.5).astype(np.uint8)
+    made = 0
     for split, ids in (("train", range(n_train)), ("test", range(n_train, n_images))):
-        for kind, src in (("images", proto / "image.tif"), ("labels", proto / "label.tif")):
+        for kind, arr in (("images", image), ("labels", label)):
             folder = root / split / kind
             folder.mkdir(parents=True)
             for i in ids:
+                src = proto / f"{kind}_{made // LINKS_PER_FILE}.tif"
+                if not src.exists():
+                    tifffile.imwrite(src, arr)
                 os.link(src, folder / f"img_{i:06d}.tif")
+                made += 1
 
 
 def config(root: Path) -> dict:

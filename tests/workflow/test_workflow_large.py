@@ -20,7 +20,8 @@ BLOCKS = 4
 def large_config(data, workflow: str, **sections) -> dict:
     """test_000 goes block by block (4 jobs of 8x16x16-voxel chunks); test_copy, the same
     volume under another name, goes the ordinary way."""
-    predict = {"large_images": ["test_000"], "split": BLOCKS, "chunks": [8, 16, 16], "memory_gb": 0.01, "halo": 6}
+    predict = {"large_images": ["test_000"], "whole_images": ["test_copy"], "split": BLOCKS, "chunks": [8, 16, 16],
+               "memory_gb": 0.01, "halo": 6}
     train = {"epochs": 30, "patches_per_epoch": 16, "batch_size": 4, **sections.pop("train", {})}  # seconds
     return tiny_config(data, workflow, "big", 3, predict=predict, train=train, **sections)
 
@@ -150,7 +151,8 @@ def test_2d_large_image_split_auto_equals_whole_image(tmp_path):
     with_copy(tmp_path / "data")
     cfg = tiny_config(tmp_path / "data", "semantic", "big", 2, targets={"binarize": True},
                       train={"epochs": 30, "patches_per_epoch": 16, "batch_size": 4},
-                      predict={"large_images": ["test_000"], "split": "auto", "chunks": [32, 32], "memory_gb": 0.0001})
+                      predict={"large_images": ["test_000"], "whole_images": ["test_copy"], "split": "auto",
+                               "chunks": [32, 32], "memory_gb": 0.0001})
     cfgfile = write_config(tmp_path / "c.yaml", cfg)
     plan = planned_jobs(tmp_path, cfgfile)
     assert plan["predict_block"] > 1  # auto: one job per memory-sized block
@@ -159,3 +161,25 @@ def test_2d_large_image_split_auto_equals_whole_image(tmp_path):
     big = np.asarray(zarr.open_group(str(out / "masks" / "test_000.ome.zarr"), mode="r")["0"])
     whole = tifffile.imread(out / "masks" / "test_copy.tif")
     assert whole.any() and np.array_equal(big > 0, whole > 0)
+
+
+def test_a_volume_over_the_memory_budget_goes_block_by_block_without_being_told(tmp_path):
+    """No large-image key set: a test volume whose whole-image path would exceed predict.memory_gb
+    (estimated from its header) is predicted and post-processed block by block, and the plan says
+    why; a small one still goes whole."""
+    make_demo_data(tmp_path / "data", 3, 2, 1, 1, 48, seed=4)
+    big = np.tile(tifffile.imread(tmp_path / "data" / "test" / "images" / "test_000.tif"), (2, 2, 2))
+    tifffile.imwrite(tmp_path / "data" / "test" / "images" / "big.tif", big)
+    tifffile.imwrite(tmp_path / "data" / "test" / "labels" / "big.tif",
+                     np.tile(tifffile.imread(tmp_path / "data" / "test" / "labels" / "test_000.tif"), (2, 2, 2)))
+    cfg = tiny_config(tmp_path / "data", "semantic", "auto", 3, targets={"binarize": True},
+                      predict={"memory_gb": 0.005, "chunks": [8, 32, 32]})
+    cfgfile = write_config(tmp_path / "c.yaml", cfg)
+    proc = snakemake(tmp_path, cfgfile, "-n")
+    assert "biapipe: big 24x96x96 goes block by block: about 0.01 GB whole, over predict.memory_gb = 0.005" \
+        in proc.stderr, proc.stderr[-2000:]
+    assert "test_000" not in proc.stderr.split("goes block by block")[0]
+    snakemake(tmp_path, cfgfile)
+    out = tmp_path / "results" / "auto"
+    assert (out / "masks" / "big.ome.zarr").is_dir() and (out / "masks" / "test_000.tif").is_file()
+    assert set(pd.read_csv(out / "metrics.csv")["image"]) == {"big", "test_000"}

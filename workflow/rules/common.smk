@@ -33,6 +33,8 @@ try:
 except BiapipeError as exc:
     sys.exit(f"biapipe: {exc}")
 CFG, TASK, OUT, W = PLAN.cfg, PLAN.task, PLAN.out, Wiring(PLAN)
+for line in PLAN.routing:  # which test images go block by block, and why
+    print(f"biapipe: {line}", file=sys.stderr)
 # Scripts read the validated config, defaults included, as snakemake.config.
 config.clear()
 config.update(CFG)

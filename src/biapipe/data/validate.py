@@ -7,7 +7,9 @@ normalize/targets jobs, which the workflow schedules ahead of training.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,20 @@ def probe(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(arr.shape), np.dtype(arr.dtype)
 
 
+#: Header reads of at least this many files per process go to parallel processes.
+PARALLEL_PROBES_FROM = 2000
+
+
+def _probe_or_none(path: str) -> tuple[tuple[int, ...], str] | None:
+    """A probe for a worker process: None for a file :func:`probe` rejects (the parse then
+    probes it again itself, raising the error that names it)."""
+    try:
+        shape, dtype = probe(path)
+    except InputError:
+        return None
+    return shape, dtype.str
+
+
 class ProbeCache:
     """Remembers probe results by (path, size, mtime) so reparsing a big dataset stays cheap."""
 
@@ -64,6 +80,29 @@ class ProbeCache:
         self.entries[path] = [*key, list(shape), dtype.str]
         self.dirty = True
         return shape, dtype
+
+    def prefetch(self, paths: list[str]) -> None:
+        """Probe every path not in the cache, in parallel processes when there are many: a first
+        parse of 100,000 images reads 100,000 headers (about 0.5 ms each on one core)."""
+        missing = []
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue  # get() raises for it, naming the file
+            hit = self.entries.get(path)
+            if not hit or hit[:2] != [st.st_size, st.st_mtime_ns]:
+                missing.append((path, [st.st_size, st.st_mtime_ns]))
+        workers = min(os.cpu_count() or 1, len(missing) // PARALLEL_PROBES_FROM)
+        if workers < 2:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            found = pool.map(_probe_or_none, [p for p, _ in missing], chunksize=256)
+            for (path, key), result in zip(missing, found):
+                if result is not None:
+                    self.entries[path] = [*key, list(result[0]), result[1]]
+                    self.dirty = True
 
     def save(self) -> None:
         """Write the cache under a temporary name of this writer's own: two workflows parsed at
@@ -103,9 +142,9 @@ def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -
     return hit
 
 
-def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_kind: str) -> tuple[np.dtype, int]:
-    """Header checks of one sample; returns the image dtype (float images need a pixel scan)
-    and its number of channels.
+def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache,
+                 label_kind: str) -> tuple[np.dtype, tuple[int, ...]]:
+    """Header checks of one sample; returns the image dtype and its canonical (Z)YXC shape.
 
     ``label_kind`` is the task's: ``image`` labels are checked against their image here,
     ``table`` labels (points) when they are read, ``class`` labels (names) at discovery.
@@ -114,9 +153,9 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
     shape, dtype = cache.get(sample.image)
     check_image_dtype(dtype, sample.image)
     full = canonical_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
-    img_shape, channels = full[:-1], full[-1]
+    img_shape = full[:-1]
     if label_kind == "class":
-        return dtype, channels  # whole images are resized, never padded
+        return dtype, full  # whole images are resized, never padded
     if sample.label is not None and label_kind == "image":
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":
@@ -133,25 +172,28 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
                 sample.image,
                 f"image of shape {img_shape} is smaller than train.patch_size {list(patch)}; set train.pad: true or use a smaller patch",
             )
-    return dtype, channels
+    return dtype, full
 
 
-def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str, cache_path: str | Path | None = None) -> list[str]:
+def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str,
+                  cache_path: str | Path | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Raise InputError for the first sample whose files are unusable (from headers: dtypes,
-    shapes, channels); returns the ids of the float images, which can hold NaN/Inf."""
+    shapes, channels); returns the canonical (Z)YXC shape and dtype of every test image."""
     cache = ProbeCache(cache_path)
-    floats = []
+    cache.prefetch([p for s in ds.all() for p in (s.image, s.label) if p and (p == s.image or label_kind == "image")])
+    tests: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     first: tuple[Sample, int] | None = None
     try:
         for sample in ds.all():
-            dtype, channels = check_sample(sample, cfg, cache, label_kind)
+            dtype, shape = check_sample(sample, cfg, cache, label_kind)
+            channels = shape[-1]
             if first is None:
                 first = (sample, channels)
             elif channels != first[1]:
                 raise InputError(sample.image, f"has {channels} channel(s) but {first[0].image} has {first[1]}; every "
                                                "image needs the same channels (set data.axes if an axis is misread)")
-            if dtype.kind in "fc":
-                floats.append(sample.id)
+            if sample.split == "test":
+                tests[sample.id] = (shape, dtype)
     finally:
         cache.save()
-    return floats
+    return tests

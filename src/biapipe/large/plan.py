@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zarr
 
 from ..core.errors import ConfigError
@@ -24,6 +25,16 @@ def is_large(shape: Sequence[int], image_id: str, pcfg: dict[str, Any]) -> bool:
         return True
     threshold = int(pcfg["large_voxels"])
     return threshold > 0 and math.prod(shape) >= threshold
+
+
+def whole_image_bytes(shape: Sequence[int], dtype: Any, out_channels: int, postprocess_per_voxel: int) -> int:
+    """About what predicting and post-processing an image of canonical (Z)YXC ``shape`` whole holds
+    in memory: the raw and normalized image, the blended prediction and its written copy, and
+    post-processing's temporaries."""
+    voxels = math.prod(int(s) for s in shape[:-1])
+    channels = int(shape[-1])
+    per_voxel = channels * (np.dtype(dtype).itemsize + 4) + 8 * int(out_channels) + int(postprocess_per_voxel)
+    return voxels * per_voxel
 
 
 def memory_bytes(pcfg: dict[str, Any]) -> float:

@@ -50,6 +50,9 @@ class Task:
     whole_image: ClassVar[bool] = False
     #: whether ``train.monitor: iou | f1`` applies (patches with foreground maps)
     scores_patches: ClassVar[bool] = True
+    #: bytes per voxel that post-processing of a whole image holds besides the prediction
+    #: (what decides, with the prediction itself, whether an image fits ``predict.memory_gb``)
+    postprocess_bytes_per_voxel: ClassVar[int] = 16
     #: large images split across jobs are also segmented by one job per block, then merged
     splits_segmentation: ClassVar[bool] = False
     #: experiment-level tables made from every test image's output: name -> file under results/{experiment}/

@@ -24,7 +24,7 @@ from ..core.config import Section, merge, rerun_key, validate_config
 from ..core.errors import ConfigError
 from ..data.samples import Dataset, Sample, discover
 from ..data.validate import check_dataset
-from ..large.plan import is_large, plan_for_shape
+from ..large.plan import is_large, memory_bytes, plan_for_shape, whole_image_bytes
 from ..large.volumes import open_raw
 from ..tasks import Task, get_task
 
@@ -61,6 +61,10 @@ class Plan:
     segment_blocks: dict[str, list[int]] = field(default_factory=dict)
     #: batch name -> test image ids predicted and post-processed by one job each (empty: one job per image)
     batches: dict[str, list[str]] = field(default_factory=dict)
+    #: canonical (Z)YXC shape and dtype of every test image, from its header (empty for demo data)
+    headers: dict[str, tuple[tuple[int, ...], Any]] = field(default_factory=dict)
+    #: one line per image sent block by block, saying why (printed when the workflow is parsed)
+    routing: list[str] = field(default_factory=list)
 
     @property
     def out(self) -> str:
@@ -93,9 +97,9 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     ds = discover_dataset(cfg)
     cfg = get_task(cfg).settled_config(ds)
     task = get_task(cfg)
-    if not cfg["data"]["demo"]:
-        check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
     plan = Plan(cfg, task, ds)
+    if not cfg["data"]["demo"]:
+        plan.headers = check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
     if task.tuning_file() and not ds.val:
         raise ConfigError(f"postprocess.{cfg['workflow']}", "asks for tuned thresholds, which need validation "
                                                             "images (data.val or train.val_fraction > 0)")
@@ -107,20 +111,30 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
 
 
 def _plan_large(plan: Plan) -> None:
-    """Large test images (predict.large_voxels / large_images): which, and their block jobs.
-    Headers only; a chunk beyond predict.memory_gb stops here, before any compute."""
-    cfg, pcfg = plan.cfg, plan.cfg["predict"]
-    if not pcfg["large_voxels"] and not pcfg["large_images"]:
-        return  # no header read: this runs for every test image at every parse
-    samples = plan.test_samples
+    """Test images that go block by block, and their block jobs, from headers alone: every image
+    whose whole-image path would not fit ``predict.memory_gb`` (``large_voxels`` and
+    ``large_images`` add more). A chunk beyond the budget stops here, before any compute."""
+    cfg, pcfg, task = plan.cfg, plan.cfg["predict"], plan.task
+    budget = memory_bytes(pcfg)
     for image_id in plan.ids("test"):
-        path = samples[image_id].image
-        if image_id not in pcfg["large_images"] and not pcfg["large_voxels"]:
+        path = plan.test_samples[image_id].image
+        header = plan.headers.get(image_id)
+        need = whole_image_bytes(*header, task.out_channels(), task.postprocess_bytes_per_voxel) if header else 0
+        if image_id in pcfg["whole_images"]:
+            continue
+        if need > budget:
+            why = f"about {need / 2**30:.2f} GB whole, over predict.memory_gb = {pcfg['memory_gb']:g}"
+        elif image_id in pcfg["large_images"]:
+            why = "listed in predict.large_images"
+        elif header and is_large(header[0][:-1], image_id, pcfg):
+            why = f"at least predict.large_voxels = {pcfg['large_voxels']} voxels"
+        elif not header and pcfg["large_voxels"] and is_large(_shape(path, cfg)[:-1], image_id, pcfg):
+            why = f"at least predict.large_voxels = {pcfg['large_voxels']} voxels"
+        else:
             continue
         image = open_raw(path, cfg["ndim"], cfg["data"]["axes"], pcfg)
-        if not is_large(image.shape[:-1], image_id, pcfg):
-            continue
         plan.large_ids.append(image_id)
+        plan.routing.append(f"{image_id} {'x'.join(map(str, image.shape[:-1]))} goes block by block: {why}")
         if pcfg["split"] == 1:
             continue
         plan.split_ids.append(image_id)
@@ -236,6 +250,10 @@ def id_regex(ids: Sequence[str], exclude: bool = False, suffixes: Sequence[str] 
         return r"[^/]+"
     ends = "|".join(re.escape(s) for s in suffixes)
     return rf"(?!(?:{alternatives})(?:{ends})$)[^/]+"
+
+
+def _shape(path: str, cfg: Section) -> tuple[int, ...]:
+    return open_raw(path, cfg["ndim"], cfg["data"]["axes"], cfg["predict"]).shape
 
 
 def final_outputs(plan: Plan) -> list[str]:

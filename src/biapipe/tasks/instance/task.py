@@ -65,6 +65,8 @@ class InstanceTask(LabelImageTask):
     output_dir: ClassVar[str] = "labels"
     side_outputs: ClassVar[dict[str, str]] = {"objects": "objects/{image}.csv"}
     splits_segmentation: ClassVar[bool] = True
+    #: the watershed holds about a dozen float/int temporaries per voxel
+    postprocess_bytes_per_voxel: ClassVar[int] = 64
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
