@@ -42,7 +42,7 @@ rule normalize_stats:
         f"{OUT}/benchmarks/normalize_stats.tsv"
     run:
         stages.normalize_stats(manifest=input[0], out=output[0], ndim=CFG["ndim"], axes=AXES,
-                               normalize=CFG["normalize"], log=log[0])
+                               normalize=CFG["normalize"], memory_gb=CFG["train"]["memory_gb"], log=log[0])
 
 
 # One job per training/validation image makes both what training reads: the normalized image
@@ -61,6 +61,7 @@ rule prepare:
         axes=AXES,
         workflow=CFG["workflow"],
         targets=smk.rerun_key(CFG["targets"]),
+        halo=str(TASK.target_halo()),
         **({} if TASK.labels_are_files else {"label": W.train_label_value}),
     log:
         f"{OUT}/logs/prepare/{{image}}.log",

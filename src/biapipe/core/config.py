@@ -132,6 +132,19 @@ def rerun_key(value: Any) -> str:
     return json.dumps(plain(value), sort_keys=True, separators=(",", ":"))
 
 
+#: train.* keys that change how fast a run goes or where its images live, not the trained weights
+#: (a resumed run may differ in them; changing them never retrains).
+TRAIN_RUNTIME_KEYS = ("device", "threads", "num_workers", "gpus", "memory_gb")
+
+
+def training_keys(train: Mapping[str, Any]) -> dict[str, Any]:
+    """train.* that determines the trained weights: without runtime keys and debug samples."""
+    out = {k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS}
+    if isinstance(out.get("augment"), Mapping):
+        out["augment"] = {k: v for k, v in out["augment"].items() if k != "debug_samples"}
+    return out
+
+
 def defaults(section: str, ndim: int = 2, **overrides: Any) -> Section:
     """One section (``predict``, ``postprocess.instance``, ...) as the schema fills it in, with
     ``overrides``: for library callers (tests, notebooks) that have no experiment config."""

@@ -109,7 +109,11 @@ def read_image(path: str | Path, ndim: int, axes: str | None = None) -> np.ndarr
 
 def read_label(path: str | Path, ndim: int) -> np.ndarray:
     """Read a label image as (Z)YX; labels must be integers (or integral floats)."""
-    arr = read_array(path)
+    return canonical_label(label_values(read_array(path), path), ndim, path)
+
+
+def label_values(arr: np.ndarray, path: str | Path | None = None) -> np.ndarray:
+    """Label values as integers: integral floats converted, anything else an error naming ``path``."""
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
             raise InputError(path, "label image contains NaN or Inf")
@@ -120,7 +124,7 @@ def read_label(path: str | Path, ndim: int) -> np.ndarray:
         arr = arr.astype(np.uint8)
     elif arr.dtype.kind not in "ui":
         raise InputError(path, f"unsupported label dtype {arr.dtype}")
-    return canonical_label(arr, ndim, path)
+    return arr
 
 
 def check_image_dtype(dtype: np.dtype, path: str | Path | None = None) -> None:

@@ -15,25 +15,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..core.axes import to_torch_layout
 from ..core.errors import InputError
-from ..core.imageio import image_id, read_array
 from .augment import AugmentDraw, Augmenter
-
-#: Value of padded target pixels for class maps: excluded from the loss like any ignored pixel.
-IGNORE_INDEX = -1
+from .sources import PathPair, Sample, check_consistent, load_samples
 
 #: Distinct streams of random numbers derived from the one config seed.
 _TRAIN_STREAM, _VAL_STREAM = 1, 2
-
-PathPair = tuple[str | Path, str | Path]
 
 
 class Foreground(Protocol):
@@ -42,111 +35,9 @@ class Foreground(Protocol):
     def foreground(self, target: np.ndarray) -> np.ndarray: ...
 
 
-@dataclass
-class Sample:
-    """One image and its target in memory, C(Z)YX, already padded to at least the patch size."""
-
-    name: str
-    image: np.ndarray
-    target: np.ndarray
-    #: flat indices (into the spatial shape) of pixels a patch may be centred on
-    foreground: np.ndarray
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.image.shape[1:])
-
-
 def seed_entropy(seed: int) -> int:
     """Map any integer seed (schema allows negatives) to the non-negative entropy numpy needs."""
     return int(seed) & 0xFFFF_FFFF_FFFF_FFFF
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def read_pair(image_path: str | Path, target_path: str | Path, ndim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image and target as (Z)YXC arrays and check they belong together.
-
-    The one place training data is read; making loading lazy later means changing this.
-    """
-    image = read_array(image_path)
-    target = read_array(target_path)
-    if image.ndim != ndim + 1:
-        raise InputError(image_path, f"normalized image of shape {image.shape} does not have {ndim} spatial "
-                                     "axes and a channel axis ((Z)YXC)")
-    if target.ndim != ndim + 1:
-        raise InputError(target_path, f"target of shape {target.shape} does not have {ndim} spatial axes and "
-                                      "a channel axis ((Z)YXC)")
-    if image.shape[:-1] != target.shape[:-1]:
-        raise InputError(target_path, f"target of spatial shape {target.shape[:-1]} does not match its image "
-                                      f"{image_path} of spatial shape {image.shape[:-1]}")
-    if target.dtype.kind not in "iuf":
-        raise InputError(target_path, f"unsupported target dtype {target.dtype} (expected integers or floats)")
-    if image.dtype.kind not in "iuf":
-        raise InputError(image_path, f"unsupported image dtype {image.dtype}")
-    image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
-        raise InputError(image_path, "normalized image contains NaN or Inf")
-    return image, target
-
-
-def pad_widths(shape: Sequence[int], patch_size: Sequence[int]) -> list[tuple[int, int]]:
-    """Symmetric padding that brings each spatial axis up to the patch size (zero where already big)."""
-    widths = []
-    for size, patch in zip(shape, patch_size):
-        missing = max(0, patch - size)
-        widths.append((missing // 2, missing - missing // 2))
-    return widths
-
-
-def pad_pair(image: np.ndarray, target: np.ndarray, patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Pad (Z)YXC image (reflect) and target (ignore value for class maps, 0 for float maps)."""
-    widths = pad_widths(image.shape[:-1], patch_size) + [(0, 0)]
-    if not any(before or after for before, after in widths):
-        return image, target
-    target_fill = IGNORE_INDEX if target.dtype.kind in "iu" else 0
-    if target.dtype.kind == "u":
-        target = target.astype(np.int32)  # unsigned maps cannot hold the ignore value
-    return np.pad(image, widths, mode="reflect"), np.pad(target, widths, constant_values=target_fill)
-
-
-def load_sample(image_path: str | Path, target_path: str | Path, task: Foreground,
-                patch_size: Sequence[int], pad: bool) -> Sample:
-    """Read, check, pad and index one training pair; errors name the file at fault."""
-    image, target = read_pair(image_path, target_path, len(patch_size))
-    if any(s < p for s, p in zip(image.shape[:-1], patch_size)):
-        if not pad:
-            raise InputError(image_path, f"image of shape {image.shape[:-1]} is smaller than train.patch_size "
-                                         f"{list(patch_size)}; set train.pad: true or use a smaller patch")
-        image, target = pad_pair(image, target, patch_size)
-    foreground = np.flatnonzero(np.asarray(task.foreground(target)))
-    return Sample(name=image_id(image_path), image=to_torch_layout(image), target=to_torch_layout(target),
-                  foreground=foreground)
-
-
-def load_samples(pairs: Sequence[PathPair], task: Foreground, patch_size: Sequence[int], pad: bool) -> list[Sample]:
-    """Load all pairs up front, so a bad file fails the job before any training time is spent."""
-    samples = [load_sample(img, tgt, task, patch_size, pad) for img, tgt in pairs]
-    _check_consistent(samples, pairs)
-    return samples
-
-
-def _check_consistent(samples: list[Sample], pairs: Sequence[PathPair]) -> None:
-    """All samples must agree on channel counts and target kind, or batches cannot be stacked."""
-    if not samples:
-        return
-    first = samples[0]
-    for sample, (img_path, tgt_path) in zip(samples[1:], pairs[1:]):
-        if sample.image.shape[0] != first.image.shape[0]:
-            raise InputError(img_path, f"has {sample.image.shape[0]} channels but {pairs[0][0]} has "
-                                       f"{first.image.shape[0]}")
-        if sample.target.shape[0] != first.target.shape[0] or (
-            (sample.target.dtype.kind == "f") != (first.target.dtype.kind == "f")
-        ):
-            raise InputError(tgt_path, f"target ({sample.target.shape[0]} channels, {sample.target.dtype}) "
-                                       f"differs from {pairs[0][1]} ({first.target.shape[0]} channels, "
-                                       f"{first.target.dtype})")
 
 
 # --------------------------------------------------------------------------- sampling
@@ -163,7 +54,7 @@ class PatchSampler:
         self.foreground_fraction = float(foreground_fraction)
         sizes = np.array([np.prod(s.spatial_shape) for s in samples], dtype=np.float64)
         self.weights = sizes / sizes.sum()
-        has_fg = np.array([s.foreground.size > 0 for s in samples])
+        has_fg = np.array([s.index.size > 0 for s in samples])
         self.fg_weights = sizes * has_fg / (sizes * has_fg).sum() if has_fg.any() else None
 
     def draw(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
@@ -188,8 +79,7 @@ class PatchSampler:
         The jitter keeps the network from learning that objects sit in the patch centre;
         at most a quarter patch (and clipping to the image) keeps the pixel inside the patch.
         """
-        flat = sample.foreground[int(rng.integers(0, sample.foreground.size))]
-        centre = np.unravel_index(flat, sample.spatial_shape)
+        centre = sample.index.voxel(int(rng.integers(0, sample.index.size)))
         corner = []
         for c, s, p in zip(centre, sample.spatial_shape, self.patch_size):
             jitter = int(rng.integers(-(p // 4), p // 4 + 1))
@@ -300,10 +190,12 @@ def build_datasets(cfg: dict[str, Any], task: Foreground, train_pairs: Sequence[
     patch_size = [int(p) for p in tcfg["patch_size"]]
     if not train_pairs:
         raise InputError(None, "no training images: train needs at least one (image, target) pair")
-    train_samples = load_samples(train_pairs, task, patch_size, bool(tcfg["pad"]))
-    val_samples = load_samples(val_pairs, task, patch_size, bool(tcfg["pad"])) if val_pairs else []
+    budget = float(tcfg["memory_gb"])
+    train_samples = load_samples(train_pairs, task.foreground, patch_size, bool(tcfg["pad"]), budget)
+    val_samples = load_samples(val_pairs, task.foreground, patch_size, bool(tcfg["pad"]), budget) \
+        if val_pairs else []
     if val_samples:
-        _check_consistent([train_samples[0], *val_samples], [train_pairs[0], *val_pairs])
+        check_consistent([train_samples[0], *val_samples], [train_pairs[0], *val_pairs])
     fraction = float(tcfg["foreground_fraction"])
     train = TrainPatches(PatchSampler(train_samples, patch_size, fraction), tcfg["patches_per_epoch"],
                          cfg["seed"], Augmenter.from_config(cfg), augment_on_device)

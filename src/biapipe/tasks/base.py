@@ -22,12 +22,14 @@ from ..core import imageio
 from ..core.errors import ConfigError, InputError
 from ..core.imageio import IMAGE_SUFFIXES
 from ..data.demo import demo_ids, make_demo_data
+from ..data.lazy import open_lazy
 from ..data.samples import Dataset, Sample, list_images, pair_split, split_validation
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data.patches import PatchData, PathPair
+    from ..data.patches import PatchData
+    from ..data.sources import PathPair
 
 
 class Task:
@@ -115,6 +117,18 @@ class Task:
             raise InputError(path, f"label shape {tuple(label.shape)} does not match its image of shape "
                                    f"{tuple(image_shape)}")
         return label
+
+    def read_label_region(self, path: str | Path, region: tuple[slice, ...], image_shape: tuple[int, ...]) -> Any:
+        """The ground truth of one region of an image too large to prepare whole (large/prepare.py)."""
+        label = open_lazy(path, self.ndim)
+        if tuple(label.shape[:-1]) != tuple(image_shape) or label.shape[-1] != 1:
+            raise InputError(path, f"label of shape {tuple(label.shape)} does not match its image of shape "
+                                   f"{tuple(image_shape)}")
+        return imageio.label_values(label[region][..., 0], path)
+
+    def target_halo(self) -> tuple[int, ...]:
+        """Voxels of label context a target voxel depends on, per (Z)YX axis (block-wise preparation)."""
+        return (0,) * self.ndim
 
     def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
         """Read a test label and check that the task can score it (values, shape), naming the

@@ -56,7 +56,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.devices import resolve_device
 from ..core.errors import BiapipeError, ConfigError
-from ..data.patches import PathPair
+from ..data.sources import PathPair
 from .loop import Trainable, evaluate, train_model
 
 #: Collectives wait this long: other ranks idle while rank 0 validates and writes checkpoints.

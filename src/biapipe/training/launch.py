@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..data.patches import PathPair
+from ..data.sources import PathPair
 from .ddp import launch
 from .loop import Trainable, train_model
 

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError
 from ..data.augment import Augmenter, write_augment_samples
-from ..data.patches import PathPair, seed_entropy
+from ..data.patches import seed_entropy
+from ..data.sources import PathPair
 from ..models.registry import build_model, count_parameters
 from .outputs import HISTORY_COLUMNS, monitored_row, write_outputs
 from .runtime import memory_format, resolve_amp, seed_everything, torch_settings

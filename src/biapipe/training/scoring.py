@@ -7,7 +7,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ..data.patches import IGNORE_INDEX
+from ..data.sources import IGNORE_INDEX
 
 #: Monitors that are scores of the validation patches (higher is better) rather than losses.
 SCORE_MONITORS = ("iou", "f1")

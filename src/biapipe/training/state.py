@@ -22,12 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.config import training_keys
 from ..core.imageio import atomic_path
-from ..data.patches import PathPair
-
-#: train.* keys that change how fast a run goes, not what it computes; a resumed run may differ in them
-RUNTIME_KEYS = ("device", "threads", "num_workers", "gpus")
-
+from ..data.sources import PathPair
 
 def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs: Sequence[PathPair]) -> str:
     """Identity of a training run: a resume file is only used by a run with the same fingerprint.
@@ -36,21 +33,13 @@ def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs:
     a half-finished run.
     """
     payload = {
-        "train": _computing_keys(cfg["train"]),
+        "train": training_keys(cfg["train"]),
         "targets": cfg["targets"], "normalize": cfg["normalize"], "seed": cfg["seed"],
         "workflow": cfg["workflow"], "ndim": cfg["ndim"],
         "train_files": [[Path(i).name, Path(t).name] for i, t in train_pairs],
         "val_files": [[Path(i).name, Path(t).name] for i, t in val_pairs],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _computing_keys(tcfg: dict[str, Any]) -> dict[str, Any]:
-    """train.* without the keys that change speed or side outputs only (devices, debug samples)."""
-    out = {k: v for k, v in tcfg.items() if k not in RUNTIME_KEYS}
-    if isinstance(out.get("augment"), dict):
-        out["augment"] = {k: v for k, v in out["augment"].items() if k != "debug_samples"}
-    return out
 
 
 # --------------------------------------------------------------------------- state

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from ..core.config import Section, merge, rerun_key, validate_config
+from ..core.config import Section, merge, rerun_key, training_keys, validate_config
 from ..core.errors import ConfigError
 from ..data.samples import Dataset, Sample, discover
 from ..data.validate import check_dataset
@@ -31,8 +31,6 @@ from ..tasks import Task, get_task
 #: Where parse-time header checks are cached (by file size and mtime).
 PROBE_CACHE = ".snakemake/biapipe/probe-cache.json"
 
-#: train.* keys that change speed or side outputs, not the trained weights.
-TRAIN_RUNTIME_KEYS = ("threads", "device", "num_workers", "gpus")
 #: predict.* keys that change the predictions (threads, device and the large-image plan do not).
 PREDICT_KEYS = ("mode", "tile_size", "overlap", "blend", "precision", "trim", "tta")
 
@@ -202,9 +200,7 @@ def drop_incomplete_batches(plan: Plan, marker_of: Callable[[str], str], outputs
 
 def train_params(cfg: Section) -> dict[str, str]:
     """What changes the trained weights, as canonical text (key order never reruns a job)."""
-    train = {k: v for k, v in cfg["train"].items() if k not in TRAIN_RUNTIME_KEYS}
-    train["augment"] = {k: v for k, v in train["augment"].items() if k != "debug_samples"}
-    return {"train": rerun_key(train), "workflow": cfg["workflow"], "seed": str(cfg["seed"]),
+    return {"train": rerun_key(training_keys(cfg["train"])), "workflow": cfg["workflow"], "seed": str(cfg["seed"]),
             "targets": rerun_key(cfg["targets"]), "ndim": str(cfg["ndim"])}
 
 

@@ -9,7 +9,7 @@ workflows) and the config sections it uses. Why test images are normalized insid
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,14 @@ from ..core.config import Section
 from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import open_lazy
-from ..data.normalize import check_finite, dataset_stats, normalize
+from ..data.normalize import check_finite, normalize
+from ..data.sources import index_chunks
 from ..data.validate import probe, spatial_shape
 from ..large.plan import is_block_prediction
+from ..large.prepare import dataset_stats_bounded, fits, prepare_blockwise
 from ..tasks.base import Task
 from .joblog import stage
+from .smk import make_plan
 
 
 def zarr_chunks(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
@@ -96,23 +99,24 @@ def _read(image: Any, region: tuple[slice, ...], path: str) -> np.ndarray:
 
 
 @stage
-def normalize_stats(*, manifest: str, out: str, ndim: int, axes: str | None, normalize: dict[str, Any]) -> None:
-    """Dataset statistics of the training images listed in ``manifest`` (key ``images``)."""
+def normalize_stats(*, manifest: str, out: str, ndim: int, axes: str | None, normalize: dict[str, Any],
+                    memory_gb: float) -> None:
+    """Dataset statistics of the training images listed in ``manifest`` (key ``images``); an
+    image larger than ``memory_gb`` is read block by block."""
     paths = imageio.read_json(manifest)["images"]
-
-    def images() -> Iterator[np.ndarray]:
-        for p in paths:
-            img = imageio.read_image(p, ndim, axes)
-            check_finite(img, p)
-            yield img
-
-    imageio.write_json(out, dataset_stats(images(), normalize))
+    imageio.write_json(out, dataset_stats_bounded(paths, ndim, axes, normalize, memory_gb))
 
 
 @stage
 def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: Task, axes: str | None,
-            normalize: dict[str, Any], stats: str | None = None) -> None:
-    """A training/validation image: its normalized copy and its targets, in one job."""
+            normalize: dict[str, Any], memory_gb: float, patch_size: Sequence[int], stats: str | None = None) -> None:
+    """A training/validation image: its normalized copy and its targets, in one job; block by
+    block when preparing it whole would not fit ``memory_gb``, then stored in chunks that training
+    reads patch by patch (data/sources.py)."""
+    if not fits(image, task.ndim, axes, memory_gb):
+        prepare_blockwise(image, label, image_out, targets_out, task, axes, normalize, _stats(stats), memory_gb,
+                          lambda shape: index_chunks(shape[:-1], patch_size) + tuple(shape[-1:]))
+        return
     norm = normalized_image(image, task.ndim, axes, normalize, _stats(stats))
     imageio.write_zarr(image_out, norm, chunks=zarr_chunks(norm.shape, task.ndim), attrs={"source": str(image)})
     truth = task.read_label(label, image_shape(image, task.ndim, axes))
@@ -130,7 +134,6 @@ def train(*, manifest: str, model_dir: str, cfg: dict[str, Any], task: Task, thr
     than by a job of their own that training waits for: such a job would make every later change
     of a test image retrain the model (docs/architecture.md, "bad input before compute")."""
     from ..training.launch import train as run_training
-    from .smk import make_plan
 
     plan = make_plan(cfg, ".")
     ids = plan.ids("test")

@@ -149,6 +149,7 @@ class Wiring:
     def prepare(self, input: Any, output: Any, wildcards: Any) -> dict[str, Any]:
         return dict(image=input.image, label=self.train_label_value(wildcards), image_out=output.image,
                     targets_out=output.targets, task=self.task, axes=self.axes, normalize=self.cfg["normalize"],
+                    memory_gb=self.cfg["train"]["memory_gb"], patch_size=self.cfg["train"]["patch_size"],
                     stats=self._stats(input))
 
     def predict(self, input: Any, output: Any, wildcards: Any, threads: int) -> dict[str, Any]:

@@ -12,7 +12,8 @@ import torch
 from biapipe.core.config import validate_config
 from biapipe.core.errors import InputError
 from biapipe.core.imageio import write_zarr
-from biapipe.data.patches import PatchSampler, build_datasets, load_samples
+from biapipe.data.patches import PatchSampler, build_datasets
+from biapipe.data.sources import ChannelsFirst, ForegroundIndex, load_samples
 
 
 class ForegroundTask:
@@ -116,7 +117,7 @@ def test_mismatched_target_and_channels_are_input_errors(tmp_path: Path) -> None
 def test_images_are_picked_in_proportion_to_their_size(tmp_path: Path) -> None:
     pairs = [write_pair(tmp_path, "large", small_object((64, 64), (3, 3))),
              write_pair(tmp_path, "tiny", small_object((16, 16), (3, 3)))]
-    sampler = PatchSampler(load_samples(pairs, TASK, [16, 16], pad=True), [16, 16], foreground_fraction=0.0)
+    sampler = PatchSampler(load_samples(pairs, TASK.foreground, [16, 16], pad=True), [16, 16], foreground_fraction=0.0)
     rng = np.random.default_rng(0)
     picks = np.array([sampler.draw(rng)[0] for _ in range(850)])
     assert (picks == 0).mean() == pytest.approx(16 / 17, abs=0.03)
@@ -171,3 +172,47 @@ def test_gpu_path_hands_over_draws_that_reproduce_the_cpu_patches(tmp_path: Path
         torch.testing.assert_close(aug_images[i], image, atol=1e-6, rtol=0)
         assert torch.equal(aug_targets[i], target)
     assert any(not torch.equal(images[i], aug_images[i]) for i in range(8))
+
+
+# --------------------------------------------------------------------------- images kept on disk
+
+
+def test_foreground_index_finds_every_foreground_voxel_once_in_chunk_major_order() -> None:
+    rng = np.random.default_rng(3)
+    target = (rng.random((1, 700, 600)) > 0.97).astype(np.int16)  # 2 x 2 chunks of at most 512 x 512
+    index = ForegroundIndex(target, TASK.foreground, (256, 256), keep_all=False)
+    assert index.size == int(target.sum())
+    found = [index.voxel(k) for k in range(index.size)]
+    assert len(set(found)) == index.size and all(target[(0, *v)] == 1 for v in found)
+    # chunk-major: all voxels of the first chunk (rows < 512, columns < 512) come first
+    first_chunk = int(target[0, :512, :512].sum())
+    assert all(y < 512 and x < 512 for y, x in found[:first_chunk])
+    assert not any(y < 512 and x < 512 for y, x in found[first_chunk:])
+
+
+def test_a_pair_over_the_memory_budget_is_read_patch_by_patch_and_gives_the_same_patches(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 600, 560), np.int16)
+    label[rng.random(label.shape) > 0.999] = 1
+    pairs = [write_pair(tmp_path, "big", label), write_pair(tmp_path, "small", label[:8, :64, :64])]
+    cfg = config(ndim=3, patch_size=[8, 32, 32], foreground_fraction=0.7, patches_per_epoch=24)
+    in_memory = build_datasets(cfg, TASK, pairs, pairs[1:])
+    on_disk = build_datasets(cfg.with_value("train.memory_gb", 0.001), TASK, pairs, pairs[1:])
+    assert isinstance(on_disk.train.sampler.samples[0].image, ChannelsFirst)
+    assert isinstance(in_memory.train.sampler.samples[0].image, np.ndarray)
+    assert isinstance(on_disk.train.sampler.samples[1].image, np.ndarray)  # the small pair still fits
+    for epoch in (0, 3):
+        in_memory.train.set_epoch(epoch)
+        on_disk.train.set_epoch(epoch)
+        for i in range(len(in_memory.train)):
+            for a, b in zip(in_memory.train[i], on_disk.train[i]):
+                assert torch.equal(a, b)
+
+
+def test_a_pair_kept_on_disk_is_still_checked_before_training(tmp_path: Path) -> None:
+    image = tmp_path / "bad_image.zarr"
+    write_zarr(image, np.zeros((64, 64, 1), np.float32))
+    target = tmp_path / "bad_target.zarr"
+    write_zarr(target, np.zeros((64, 60, 1), np.int16))
+    with pytest.raises(InputError, match="bad_target.zarr.*does not match"):
+        build_datasets(config(memory_gb=0.000001), TASK, [(image, target)], [])

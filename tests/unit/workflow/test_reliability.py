@@ -163,7 +163,8 @@ def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, 
             sample = plan.train_samples[f"{split}1"]
             stages.prepare(image=sample.image, label=sample.label, image_out=str(tmp_path / "n.zarr"),
                            targets_out=str(tmp_path / "t.zarr"), task=task, axes=None,
-                           normalize=plan.cfg["normalize"])
+                           normalize=plan.cfg["normalize"], memory_gb=plan.cfg["train"]["memory_gb"],
+                           patch_size=plan.cfg["train"]["patch_size"])
 
 
 def test_good_test_data_passes_the_check(tmp_path, monkeypatch) -> None:

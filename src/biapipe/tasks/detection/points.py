@@ -228,6 +228,14 @@ def gaussian_stencil(sigma_px: Sequence[float], truncate: float = GAUSSIAN_TRUNC
     return np.exp(-0.5 * dist2).astype(np.float32)
 
 
+def stencil_half_widths(kind: str, size: float | Sequence[float], ndim: int,
+                        voxel_size: Sequence[float] | None) -> tuple[int, ...]:
+    """How far, in pixels per axis, a point's target reaches from its centre."""
+    px = pixel_sizes(size, ndim, voxel_size)
+    stencil = ball_stencil(px) if kind == "ball" else gaussian_stencil(px)
+    return tuple(int(s) // 2 for s in stencil.shape)
+
+
 def rounded_pixels(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """Nearest pixel of each point (half-way rounds up), clipped into the image."""
     pixels = np.floor(np.asarray(coords, dtype=np.float64) + 0.5).astype(np.int64)

@@ -39,7 +39,7 @@ from .metrics import (
     match_points,
     summarize_detection,
 )
-from .points import PointSet, class_key, point_targets, read_points
+from .points import PointSet, class_key, point_targets, read_points, rounded_pixels, stencil_half_widths
 from .postprocess import DetectionParams, detect_points, tune_detection_threshold
 
 #: Loss kinds trained through a sigmoid; the others (mse, l1) are regressed and clamped.
@@ -97,6 +97,20 @@ class DetectionTask(Task):
         if label.shape is None:
             raise InputError(path, "points were read without their image's shape; cannot draw targets")
         return point_targets(label, label.shape, self.out_channels(), self.kind, self.size, self.voxel_size)
+
+    def read_label_region(self, path: str | Path, region: tuple[slice, ...], image_shape: tuple[int, ...]) -> PointSet:
+        """The points inside ``region``, in its coordinates (the region's shape as theirs)."""
+        points = self.read_label(path, image_shape)
+        start = np.array([r.start for r in region], dtype=np.float64)
+        stop = np.array([r.stop for r in region], dtype=np.float64)
+        pixels = rounded_pixels(points.coords, image_shape).reshape(-1, self.ndim).astype(np.float64)
+        inside = np.all((pixels >= start) & (pixels < stop), axis=1)
+        return PointSet(pixels[inside] - start, points.classes[inside],
+                        shape=tuple(int(b - a) for a, b in zip(start, stop)))
+
+    def target_halo(self) -> tuple[int, ...]:
+        """A point's stencil reaches this far (ball radius, or the Gaussian's cut-off)."""
+        return stencil_half_widths(self.kind, self.size, self.ndim, self.voxel_size)
 
     def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
         self.read_label(path, image_shape)  # coordinates inside the image, classes known

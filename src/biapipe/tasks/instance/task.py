@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not
 from ...core import imageio
 from ...core.errors import ConfigError, InputError
 from ...data.blocks import Block
+from ...large.plan import halo
 from ...large.volumes import open_raw
 from ..base import quiet
 from ..label_images import LabelImageTask
@@ -86,6 +87,10 @@ class InstanceTask(LabelImageTask):
 
     def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
         return instance_targets(prepare_labels(label, path), self.spec)
+
+    def target_halo(self) -> tuple[int, ...]:
+        """Distance maps and contours need whole objects: the context block-wise post-processing uses."""
+        return halo(self.cfg["predict"], self.ndim)
 
     def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
         prepare_labels(self.read_label(path, image_shape), path)

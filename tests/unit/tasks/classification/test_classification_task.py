@@ -56,7 +56,8 @@ def run_chain(cfg, ds, out: Path) -> list[str]:
     tgt = {s.id: str(out / "t" / f"{s.id}.zarr") for s in ds.all()}
     for s in ds.train + ds.val:
         stages.prepare(image=s.image, label=s.label, image_out=norm[s.id], targets_out=tgt[s.id], task=task,
-                       axes=None, normalize=cfg["normalize"])
+                       axes=None, normalize=cfg["normalize"], memory_gb=4,
+                       patch_size=cfg["train"]["patch_size"])
     stages.manifest(files={"train_images": [norm[s.id] for s in ds.train], "train_targets": [tgt[s.id] for s in ds.train],
                            "val_images": [norm[s.id] for s in ds.val], "val_targets": [tgt[s.id] for s in ds.val]},
                     out=str(out / "m" / "inputs.json"))
