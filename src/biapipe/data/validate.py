@@ -16,6 +16,7 @@ import numpy as np
 from ..core.axes import canonical_image, canonical_label
 from ..core.errors import InputError
 from ..core.imageio import check_image_dtype, open_array
+from ..core.raster import check_2d, is_raster, probe_raster
 from .samples import Dataset, Sample
 
 
@@ -23,6 +24,8 @@ def probe(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an image file without reading its pixels."""
     path = Path(path)
     name = path.name.lower()
+    if is_raster(path):
+        return probe_raster(path)
     if name.endswith((".tif", ".tiff")):
         import tifffile
 
@@ -106,12 +109,14 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
     ``table`` labels (points) when they are read, ``class`` labels (names) at discovery.
     """
     ndim = cfg["ndim"]
+    check_2d(sample.image, ndim)
     shape, dtype = cache.get(sample.image)
     check_image_dtype(dtype, sample.image)
     img_shape = spatial_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
     if label_kind == "class":
         return dtype  # whole images are resized, never padded
     if sample.label is not None and label_kind == "image":
+        check_2d(sample.label, ndim)
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":
             raise InputError(sample.label, f"unsupported label dtype {ldtype}")
