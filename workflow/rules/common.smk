@@ -24,6 +24,7 @@ TRAIN_IDS, VAL_IDS, TEST_IDS = PLAN.ids("train"), PLAN.ids("val"), PLAN.ids("tes
 SCORED_IDS = PLAN.scored_ids
 LARGE_IDS, SPLIT_IDS = PLAN.large_ids, PLAN.split_ids
 AXES = CFG["data"]["axes"]
+REPORT = smk.report_outputs(PLAN)
 
 
 wildcard_constraints:
@@ -105,13 +106,18 @@ def prepare_args(input, output, wildcards):
 def predict_args(input, output, wildcards, threads):
     return dict(model=input.model, image=input.image, out=output[0], task=TASK, axes=AXES,
                 normalize=CFG["normalize"], predict=CFG["predict"], threads=threads, stats=stats_of(input),
-                large=wildcards.image in LARGE_IDS)
+                large=wildcards.image in LARGE_IDS, echo=wildcards.image in LARGE_IDS)
 
 
 def postprocess_args(input, output, wildcards):
     return dict(prediction=input.prediction, out=output.main, task=TASK, axes=AXES, image=image_of(wildcards),
                 side=side_outputs(output), label=label_value(wildcards), metrics=output.metrics,
                 image_id=wildcards.image, segmented=segmented_arg(input))
+
+
+def report_args(output):
+    return dict(task=TASK, results=OUT, samples=PLAN.ds.test, outputs=smk.test_outputs(PLAN), html_out=output.html,
+                gallery=output.gallery, config_out=output.config)
 
 
 def large_output(path):

@@ -60,8 +60,8 @@ rule aggregate:
     input:
         expand(f"{OUT}/metrics/{{image}}.csv", image=SCORED_IDS),
     output:
-        metrics=f"{OUT}/metrics.csv",
-        summary=f"{OUT}/summary.csv",
+        metrics=report(f"{OUT}/metrics.csv", caption="../report/metrics.rst", category="3. Metrics"),
+        summary=report(f"{OUT}/summary.csv", caption="../report/summary.rst", category="3. Metrics"),
     log:
         f"{OUT}/logs/aggregate.log",
     run:

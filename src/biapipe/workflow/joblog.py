@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +23,10 @@ _LOG_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
-    """A logger writing to one job's log file; errors are logged before they propagate."""
+def job_log(path: str | Path | None, name: str, echo: bool = False) -> Iterator[logging.Logger]:
+    """A logger writing to one job's log file; errors are logged before they propagate.
+    ``echo`` also writes each line to stderr, which Snakemake shows on the console: for the
+    few long jobs (training, large volumes) whose progress a person follows."""
     with _LOG_LOCK:
         logger = logging.getLogger(f"biapipe.job.{name}.{threading.get_ident()}.{time.monotonic_ns()}")
     logger.setLevel(logging.INFO)
@@ -36,6 +39,10 @@ def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
+    console = logging.StreamHandler(sys.stderr) if echo else None
+    if console is not None:
+        console.setFormatter(logging.Formatter(f"[{name}] %(message)s"))
+        logger.addHandler(console)
     start = time.perf_counter()
     try:
         yield logger
@@ -44,8 +51,10 @@ def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
         logger.error("%s: %s", type(exc).__name__, exc)
         raise
     finally:
-        handler.close()
-        logger.removeHandler(handler)
+        for h in (handler, console):
+            if h is not None:
+                h.close()
+                logger.removeHandler(h)
 
 
 def peak_rss_mib() -> float:
@@ -53,13 +62,13 @@ def peak_rss_mib() -> float:
 
 
 def stage(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A stage called with keyword arguments only, plus ``log`` (the job's log file) and the
-    job's ``logger`` handed to stages that log themselves."""
+    """A stage called with keyword arguments only, plus ``log`` (the job's log file), ``echo``
+    (its lines on the console too) and the job's ``logger`` handed to stages that log themselves."""
     wants_logger = "logger" in fn.__code__.co_varnames[: fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]
 
     @functools.wraps(fn)
-    def run(*, log: str | None = None, **kwargs: Any) -> Any:
-        with job_log(log, fn.__name__) as logger:
+    def run(*, log: str | None = None, echo: bool = False, **kwargs: Any) -> Any:
+        with job_log(log, fn.__name__, echo) as logger:
             return fn(**kwargs, logger=logger) if wants_logger else fn(**kwargs)
 
     return run

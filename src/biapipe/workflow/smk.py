@@ -179,7 +179,12 @@ def id_regex(ids: Sequence[str], exclude: bool = False, suffixes: Sequence[str] 
 
 
 def final_outputs(plan: Plan) -> list[str]:
-    """What `all` asks for: the model, every test image's output, the tables."""
+    """What `all` asks for: the model, every test image's output, the tables, and the report."""
+    return [*report_inputs(plan), report_outputs(plan)["html"]]
+
+
+def report_inputs(plan: Plan) -> list[str]:
+    """What the report is made from: the model, every test image's output, the tables."""
     out, task = plan.out, plan.task
     large = set(plan.large_ids)
     outs = [f"{out}/model/best.pt", f"{out}/model/training_curve.png"]
@@ -190,6 +195,18 @@ def final_outputs(plan: Plan) -> list[str]:
     if plan.ids("test"):
         outs += [f"{out}/{p}" for p in task.outputs_tables.values()]
     return outs
+
+
+def report_outputs(plan: Plan) -> dict[str, str]:
+    """The report's files: the page, its gallery PNGs (a folder) and the run's config."""
+    return {"html": f"{plan.out}/report.html", "gallery": f"{plan.out}/report/gallery",
+            "config": f"{plan.out}/config.yaml"}
+
+
+def test_outputs(plan: Plan) -> dict[str, str]:
+    """Test image id -> its post-processed output (large images: their large format)."""
+    large = set(plan.large_ids)
+    return {i: output_path(plan, i, i in large) for i in plan.ids("test")}
 
 
 def output_path(plan: Plan, image_id: str, large: bool) -> str:

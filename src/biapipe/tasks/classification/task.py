@@ -18,7 +18,7 @@ and how names map to indices). The generic stages carry it through unchanged:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,7 +34,9 @@ from ...core.errors import ConfigError, InputError
 from ...data.samples import Dataset, Sample
 from ..base import Task
 from .demo import make_classification_demo
+from ..gallery import Picture, ReportImage
 from .metrics import classification_metrics, confusion_matrix
+from .report import misclassified_gallery
 from .samples import (
     classification_demo_samples,
     folder_samples,
@@ -72,6 +74,9 @@ class ClassificationTask(Task):
     scores_patches: ClassVar[bool] = False
     outputs_tables: ClassVar[dict[str, str]] = {"classes": "classes.csv"}
     metrics_tables: ClassVar[dict[str, str]] = {"csv": "confusion_matrix.csv", "png": "confusion_matrix.png"}
+    main_metric = "correct"
+    main_score = "accuracy"
+    main_score_name = "accuracy (share of test images classified right)"
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -230,7 +235,7 @@ class ClassificationTask(Task):
         return confusion_matrix(metrics["true_index"].astype(int), metrics["predicted_index"].astype(int),
                                 self.out_channels())
 
-    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+    def summarize(self, metrics: pd.DataFrame, details: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
         """Accuracy, balanced accuracy, macro and per-class precision/recall/F1 (see metrics.classification)."""
         row = classification_metrics(self.confusion(metrics), self.class_names)
         row["mean_confidence"] = float(metrics["confidence"].mean()) if len(metrics) else float("nan")
@@ -249,6 +254,12 @@ class ClassificationTask(Task):
         classes = output_classes(pred_dir)
         return self.__class__(self.cfg.with_value("targets.classification.classes", classes))
 
-    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path) -> pd.DataFrame:
+    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path,
+                      ndim: int | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         """Per-image outputs (``classes/{image}.csv``) against class folders (``<class>/{image}.tif``)."""
-        return score_class_folders(pred_dir, gt_dir, self)
+        return score_class_folders(pred_dir, gt_dir, self), {}
+
+    # ------------------------------------------------------------------ report
+    def report_gallery(self, images: Sequence[ReportImage], folder: Path) -> list[Picture]:
+        """The misclassified test images (the confusion matrix is a metrics table the report shows)."""
+        return misclassified_gallery(self, images, folder)
