@@ -145,8 +145,9 @@ def headline(task: Task, results: str | Path) -> list[str]:
     history = _read(results / "model" / "history.csv")
     outputs = sorted((results / task.output_dir).glob(f"*{task.output_suffix}")) \
         if (results / task.output_dir).is_dir() else []
-    trained = (f"trained {len(history)} epochs on {len(counts.get('train_images', []))} images, validated on "
-               f"{len(counts.get('val_images', []))}" if history is not None else "not trained")
+    trained = f"trained {len(history)} epochs" if history is not None else "not trained"
+    if history is not None and counts:
+        trained += f" on {len(counts['train_images'])} images, validated on {len(counts['val_images'])}"
     what = f"{cfg['experiment']}: {task.name} workflow, {task.ndim}D; {trained}; {len(outputs)} test images predicted"
     summary = _read(results / "summary.csv")
     if summary is None or task.main_score not in summary.columns:
