@@ -110,12 +110,12 @@ def _results_sections(task: Task, results: Path, pictures: list[str]) -> list[st
     out.append(html.section("Gallery", "gallery", [html.paragraph(intro)] + (pictures or [
         html.paragraph("No pictures for this run.")])))
     extra = []
-    for name, rel in {**task.metrics_tables, **task.outputs_tables}.items():
+    for rel in [*task.metrics_tables.values(), *task.outputs_tables.values()]:
         path = results / rel
         if path.suffix == ".png" and path.is_file():
-            extra.append(html.figure(path, rel, name))
+            extra.append(html.figure(path, rel, rel))
         elif path.suffix == ".csv" and path.is_file():
-            extra += [html.paragraph(rel), html.table(pd.read_csv(path), f"table-{name}", scroll=True)]
+            extra += [html.paragraph(rel), html.table(pd.read_csv(path), f"table-{path.stem}", scroll=True)]
     if extra:
         out.append(html.section("Tables of the workflow", "tables", extra))
     return out

@@ -4,13 +4,13 @@ pictures, and the page itself built from a finished run's files."""
 from __future__ import annotations
 
 import logging
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import zarr
+from conftest import ReportPage as Page
 from conftest import write_tif
 
 from biapipe.core import progress as progress_module
@@ -22,40 +22,6 @@ from biapipe.tasks import get_task
 from biapipe.tasks.gallery import ReportImage, pick_examples
 from biapipe.workflow.report import headline, report_images, write_report
 from biapipe.workflow.runtimes import stage_table
-
-
-class Page(HTMLParser):
-    """What a reader finds on the page: section ids, table ids with their header cells, images."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.sections: list[str] = []
-        self.tables: dict[str, list[str]] = {}
-        self.images: list[tuple[str, str]] = []  # (section, alt)
-        self._table: str | None = None
-        self._in_th = False
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "section":
-            self.sections.append(attrs["id"])
-        elif tag == "table":
-            self._table = attrs.get("id")
-            self.tables[self._table] = []
-        elif tag == "th":
-            self._in_th = True
-        elif tag == "img":
-            assert attrs["src"].startswith("data:image/png;base64,")  # self-contained
-            self.images.append((self.sections[-1], attrs["alt"]))
-
-    def handle_endtag(self, tag):
-        if tag == "th":
-            self._in_th = False
-
-    def handle_data(self, data):
-        if self._in_th and self._table and data.strip():
-            self.tables[self._table].append(data.strip())
 
 
 def test_stage_times_come_from_the_job_logs_and_benchmarks(tmp_path):
@@ -150,6 +116,10 @@ def semantic_run(tmp_path: Path):
 
 def test_the_page_holds_tables_gallery_and_config(tmp_path):
     task, out, samples, outputs = semantic_run(tmp_path)
+    from PIL import Image
+
+    (out / "model" / "augment_samples").mkdir()  # train.augment.debug_samples wrote some
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(out / "model" / "augment_samples" / "montage.png")
     images = report_images(task, out, samples, outputs)
     seconds = write_report(task, out, images, out / "report.html", out / "report" / "gallery", out / "config.yaml")
     assert seconds < 30
@@ -159,6 +129,7 @@ def test_the_page_holds_tables_gallery_and_config(tmp_path):
     assert "foreground_iou" in page.tables["metrics-table"]
     gallery = [alt for section, alt in page.images if section == "gallery"]
     assert gallery == ["best: good", "median: half", "worst: bad"]
+    assert ("training", "augmented samples") in page.images
     assert sorted(p.name for p in (out / "report" / "gallery").iterdir()) == [
         "0_best_good.png", "1_median_half.png", "2_worst_bad.png"]
     text = (out / "report.html").read_text()

@@ -52,6 +52,10 @@ from .tables import (
 )
 
 
+#: Decimals of the probabilities in the per-image outputs.
+STORED_DECIMALS = 6
+
+
 @dataclass(frozen=True)
 class ClassPrediction:
     """The post-processed output of one image: the most probable class and all probabilities."""
@@ -202,12 +206,16 @@ class ClassificationTask(Task):
         if probs.size != self.out_channels():
             raise InputError(None, f"prediction has {probs.size} class probabilities, expected {self.out_channels()}")
         index = int(np.argmax(probs))
-        return ClassPrediction(index, self.class_names[index], probs)
+        # as stored (6 decimals), so the workflow scores what a folder of outputs reads back
+        stored = np.array([round(float(p), STORED_DECIMALS) for p in probs])
+        return ClassPrediction(index, self.class_names[index], stored)
 
     def write_output(self, path: str | Path, output: ClassPrediction) -> None:
         """One row: predicted_class, confidence (its probability), probability_<class> for every class."""
-        row: dict[str, Any] = {"predicted_class": output.name, "confidence": round(output.confidence, 6)}
-        row.update({probability_column(c): round(float(p), 6) for c, p in zip(self.class_names, output.probabilities)})
+        row: dict[str, Any] = {"predicted_class": output.name,
+                               "confidence": round(output.confidence, STORED_DECIMALS)}
+        row.update({probability_column(c): round(float(p), STORED_DECIMALS)
+                    for c, p in zip(self.class_names, output.probabilities)})
         imageio.write_csv(path, pd.DataFrame([row]))
 
     def read_output(self, path: str | Path) -> ClassPrediction:
@@ -219,7 +227,7 @@ class ClassificationTask(Task):
         name = table.loc[0, "predicted_class"]
         if name not in self.class_names:
             raise InputError(path, f"predicted class '{name}' is not one of {', '.join(self.class_names)}")
-        probs = table.loc[0, columns].to_numpy(dtype=np.float32)
+        probs = table.loc[0, columns].to_numpy(dtype=np.float64)
         return ClassPrediction(self.class_names.index(name), name, probs)
 
     # ------------------------------------------------------------------ metrics

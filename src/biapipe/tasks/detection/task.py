@@ -53,6 +53,8 @@ DEFAULT_LOSS = {"ball": "bce_dice", "gaussian": "mse"}
 #: thousand Adam steps (each moves a bias by ~lr) only pushing the background down, and a
 #: short training ends with every score near 0.5 and the rarer class channel never peaking.
 PRIOR_PROBABILITY = 0.01
+#: Decimals of the coordinates and scores in the output CSVs.
+COORD_DECIMALS, SCORE_DECIMALS = 3, 6
 
 
 def tuned_threshold_path(cfg: dict[str, Any]) -> Path:
@@ -124,7 +126,11 @@ class DetectionTask(Task):
         return logits.clamp(0.0, 1.0)
 
     def postprocess(self, prediction: np.ndarray) -> PointSet:
-        return detect_points(np.asarray(prediction), self.postprocess_params(), self.voxel_size)
+        """The points as the output CSV stores them (coordinates to 3 decimals, scores to 6), so
+        the workflow scores what a folder of outputs reads back (``biapipe evaluate``)."""
+        points = detect_points(np.asarray(prediction), self.postprocess_params(), self.voxel_size)
+        scores = None if points.scores is None else np.round(points.scores, SCORE_DECIMALS)
+        return replace(points, coords=np.round(points.coords, COORD_DECIMALS), scores=scores)
 
     def postprocess_params(self) -> DetectionParams:
         """Config parameters, with ``threshold: tuned`` replaced by the tuned value."""
@@ -141,10 +147,11 @@ class DetectionTask(Task):
 
     def points_table(self, points: PointSet) -> pd.DataFrame:
         """Columns (z,)y,x, score, class: integer pixels when they are, the class as annotated."""
-        coords = np.round(points.coords, 3)
+        coords = np.round(points.coords, COORD_DECIMALS)
         integral = bool(np.all(coords == np.round(coords)))
         table = {a: (coords[:, i].astype(np.int64) if integral else coords[:, i]) for i, a in enumerate(self.axes)}
-        table["score"] = np.round(points.scores, 6) if points.scores is not None else np.full(len(points), np.nan)
+        table["score"] = np.round(points.scores, SCORE_DECIMALS) if points.scores is not None \
+            else np.full(len(points), np.nan)
         labels = self.class_names or ["0"]
         table["class"] = [_native(labels[k]) for k in points.classes]
         return pd.DataFrame(table, columns=[*self.axes, "score", "class"])
