@@ -1,8 +1,8 @@
 """The biapipe command: demo data and evaluation of two folders with the workflow's metrics."""
 
 import numpy as np
-import pytest
 import pandas as pd
+import pytest
 import tifffile
 
 from biapipe.cli import main

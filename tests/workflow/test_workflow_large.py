@@ -88,6 +88,7 @@ def test_report_pictures_the_large_image_and_block_jobs_log_progress(semantic_ru
     page = ReportPage((out / "report.html").read_text())
     gallery = sorted(alt.split(": ")[1] for section, alt in page.images if section == "gallery")
     assert gallery == ["test_000", "test_copy"]  # the OME-Zarr output over the OME-Zarr image, and the TIFF one
+    assert "; 2 test images predicted" in (out / "report.html").read_text()
     assert "test_000.ome.zarr: block 1/1 (100%)" in (out / "logs" / "predict" / "test_000" / "0.log").read_text()
 
 

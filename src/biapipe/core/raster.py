@@ -13,10 +13,14 @@ its colours are used instead.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputError
+
+if TYPE_CHECKING:  # Pillow is imported where used
+    from PIL.Image import Image
 
 #: Suffixes read through Pillow.
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
@@ -43,7 +47,7 @@ def check_2d(path: str | Path, ndim: int) -> None:
                                "for volumes)")
 
 
-def _open(path: Path):  # noqa: ANN202 (PIL.Image.Image; PIL is imported lazily)
+def _open(path: Path) -> Image:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():

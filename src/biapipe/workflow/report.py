@@ -143,8 +143,10 @@ def headline(task: Task, results: str | Path) -> list[str]:
     manifest = results / "model" / "inputs.json"
     counts = imageio.read_json(manifest) if manifest.is_file() else {}
     history = _read(results / "model" / "history.csv")
-    outputs = sorted((results / task.output_dir).glob(f"*{task.output_suffix}")) \
-        if (results / task.output_dir).is_dir() else []
+    folder = results / task.output_dir
+    suffixes = {task.output_suffix, task.large_output_suffix or task.output_suffix}
+    outputs = [p for p in folder.iterdir() if p.name.endswith(tuple(suffixes)) and not p.name.startswith(".")] \
+        if folder.is_dir() else []
     trained = f"trained {len(history)} epochs" if history is not None else "not trained"
     if history is not None and counts:
         trained += f" on {len(counts['train_images'])} images, validated on {len(counts['val_images'])}"

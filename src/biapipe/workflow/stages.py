@@ -21,9 +21,9 @@ from ..core.config import Section
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import open_lazy
 from ..data.normalize import check_finite, dataset_stats, normalize
+from ..data.samples import Sample
 from ..data.validate import probe, spatial_shape
 from ..large.plan import is_block_prediction
-from ..data.samples import Sample
 from ..tasks.base import Task
 from .joblog import stage
 from .report import report_images, write_report

@@ -15,6 +15,7 @@ from conftest import write_tif
 
 from biapipe.core import progress as progress_module
 from biapipe.core.config import validate_config
+from biapipe.core.errors import InputError
 from biapipe.core.progress import Progress, duration
 from biapipe.data import display
 from biapipe.data.samples import Sample
@@ -151,5 +152,5 @@ def test_a_picture_marks_truth_and_prediction(tmp_path):
     pixels = np.asarray(Image.open(picture.path).convert("RGB")).reshape(-1, 3).astype(int)
     magenta = (pixels[:, 0] > 200) & (pixels[:, 1] < 100) & (pixels[:, 2] > 200)
     assert magenta.sum() > 100  # the prediction's outline is drawn (on top of the truth's: they agree)
-    with pytest.raises(Exception):
+    with pytest.raises(InputError, match="missing.tif: file not found"):
         task.report_picture(ReportImage("x", str(tmp_path / "missing.tif"), None, ""), "best", tmp_path / "q.png")

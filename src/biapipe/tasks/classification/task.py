@@ -33,8 +33,8 @@ from ...core import imageio
 from ...core.errors import ConfigError, InputError
 from ...data.samples import Dataset, Sample
 from ..base import Task
-from .demo import make_classification_demo
 from ..gallery import Picture, ReportImage
+from .demo import make_classification_demo
 from .metrics import classification_metrics, confusion_matrix
 from .report import misclassified_gallery
 from .samples import (
@@ -50,7 +50,6 @@ from .tables import (
     score_class_folders,
     write_confusion_matrix,
 )
-
 
 #: Decimals of the probabilities in the per-image outputs.
 STORED_DECIMALS = 6
