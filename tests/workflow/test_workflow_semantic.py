@@ -74,6 +74,15 @@ def test_report_evaluate_and_summary_of_a_run(run2d, capsys):
     assert f"foreground IoU (pooled over pixels) = {score:.4f}" in lines[1]
 
 
+def test_snakemake_report_gathers_the_flagged_outputs(run2d):
+    work, cfgfile = run2d
+    proc = snakemake(work, cfgfile, "--report", str(work / "snakemake_report.html"))
+    log = proc.stdout + proc.stderr
+    for name in ("training_curve.png", "metrics.csv", "summary.csv", "report.html", "0_best_test_"):
+        assert f"Adding {name}" in log, name
+    assert (work / "snakemake_report.html").stat().st_size > 100_000  # Snakemake's page, scripts inlined
+
+
 def test_nothing_to_do_after_a_run(run2d):
     work, cfgfile = run2d
     assert planned_jobs(work, cfgfile) == {}
