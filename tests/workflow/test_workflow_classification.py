@@ -118,6 +118,7 @@ def test_flat_test_folder_is_predicted_not_scored(tmp_path):
     plan = planned_jobs(tmp_path, write_config(tmp_path / "c.yaml", folder_config(data, test="flat")))
     assert plan["predict"] == 3 and plan["postprocess"] == 3 and plan["outputs_tables"] == 1
     assert "aggregate" not in plan and "metrics_tables" not in plan
+    assert plan["report"] == 1  # from the unscored outputs: the gallery shows the first images
 
 
 def test_unknown_test_class_stops_at_parse(tmp_path):

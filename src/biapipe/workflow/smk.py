@@ -180,15 +180,20 @@ def id_regex(ids: Sequence[str], exclude: bool = False, suffixes: Sequence[str] 
 
 def final_outputs(plan: Plan) -> list[str]:
     """What `all` asks for: the model, every test image's output, the tables, and the report."""
-    return [*report_inputs(plan), report_outputs(plan)["html"]]
+    large = set(plan.large_ids)
+    outputs = [output_path(plan, i, i in large) for i in plan.ids("test")]
+    return list(dict.fromkeys([*outputs, *report_inputs(plan), report_outputs(plan)["html"]]))
 
 
 def report_inputs(plan: Plan) -> list[str]:
-    """What the report is made from: the model, every test image's output, the tables."""
+    """What the report is made from: the model, the tables, and the outputs of the test images
+    without ground truth. Scored images' outputs reach it through metrics.csv (post-processing
+    writes output and scores together), so the report job lists no per-image files for them:
+    each input is a producer lookup when Snakemake plans (docs/architecture.md, "planning cost")."""
     out, task = plan.out, plan.task
-    large = set(plan.large_ids)
+    large, scored = set(plan.large_ids), set(plan.scored_ids)
     outs = [f"{out}/model/best.pt", f"{out}/model/training_curve.png"]
-    outs += [output_path(plan, i, i in large) for i in plan.ids("test")]
+    outs += [output_path(plan, i, i in large) for i in plan.ids("test") if i not in scored]
     if plan.scored_ids:
         outs += [f"{out}/metrics.csv", f"{out}/summary.csv"]
         outs += [f"{out}/{p}" for p in task.metrics_tables.values()]
