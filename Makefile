@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Ends with three lines: what ran, the main score, where the outputs and results/demo/report.html are
 demo: $(STAMP)
 	$(BIN)/snakemake --cores all
-	@echo "metrics: results/demo/metrics.csv"
-	@cat results/demo/summary.csv
+	@$(BIN)/biapipe summary results/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import tifffile
 import yaml
@@ -91,3 +93,63 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (needs ../shared/data beside the checkout)")
     return SHARED_DATA
+
+
+class ReportPage(HTMLParser):
+    """What a reader finds on a run report: section ids, tables (header cells and rows of cell
+    texts, by table id) and the embedded images (section, alt text)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.tables: dict[str, list[str]] = {}
+        self.rows: dict[str, list[list[str]]] = {}
+        self.images: list[tuple[str, str]] = []
+        self._table: str | None = None
+        self._cell: str | None = None  # "th" or "td" while inside one
+        self._text = ""
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.sections.append(attrs["id"])
+        elif tag == "table":
+            self._table = attrs.get("id")
+            self.tables[self._table], self.rows[self._table] = [], []
+        elif tag == "tr" and self._table:
+            self.rows[self._table].append([])
+        elif tag in ("th", "td"):
+            self._cell, self._text = tag, ""
+        elif tag == "img":
+            assert attrs["src"].startswith("data:image/png;base64,")  # self-contained
+            self.images.append((self.sections[-1], attrs["alt"]))
+
+    def handle_endtag(self, tag):
+        if tag in ("th", "td") and self._table:
+            (self.tables[self._table] if tag == "th" else self.rows[self._table][-1]).append(self._text.strip())
+            self._cell = None
+        elif tag == "table":
+            self.rows[self._table] = [r for r in self.rows[self._table] if r]
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell:
+            self._text += data
+
+    def frame(self, table_id: str) -> pd.DataFrame:
+        """A table of the page as text cells."""
+        return pd.DataFrame(self.rows[table_id], columns=self.tables[table_id])
+
+
+def evaluate_like_the_workflow(out: Path, pred: Path, gt: Path, workflow: str, *options: str) -> pd.DataFrame:
+    """``biapipe evaluate`` of a run's outputs; checks its per-image table equals the run's
+    metrics.csv (same columns, same numbers) and returns its summary."""
+    from biapipe.cli import main
+
+    table = out.parent / f"{out.name}_evaluate.csv"
+    assert main(["evaluate", "--workflow", workflow, "--pred", str(pred), "--gt", str(gt), "--out", str(table),
+                 *options]) == 0
+    ours, theirs = pd.read_csv(table), pd.read_csv(out / "metrics.csv")
+    pd.testing.assert_frame_equal(ours, theirs, check_exact=False, rtol=1e-9, atol=1e-12, check_dtype=False)
+    return pd.read_csv(table.with_name(f"{table.stem}_summary.csv"))

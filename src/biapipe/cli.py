@@ -1,4 +1,5 @@
-"""The ``biapipe`` command: demo data and evaluation of any two folders, without Snakemake."""
+"""The ``biapipe`` command: demo data, evaluation of any two folders (without Snakemake),
+the three-line summary of a finished run, and model export."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 
 from .core import imageio
-from .core.config import load_config, validate_config
+from .core.config import load_config, merge, validate_config
 from .core.errors import BiapipeError
 from .data.samples import list_images
-from .tasks import REGISTRY, get_task
+from .tasks import REGISTRY, get_task, task_class
+from .workflow.report import summary_lines
 
 
 def _demo_data(args: argparse.Namespace) -> None:
@@ -23,19 +25,37 @@ def _demo_data(args: argparse.Namespace) -> None:
     print(f"demo data ({args.ndim}D) written to {args.out}")
 
 
+def evaluation_config(args: argparse.Namespace) -> dict:
+    """The experiment config the evaluate options stand for (the workflow's own scoring keys)."""
+    cfg: dict = {"experiment": "evaluate", "workflow": args.workflow, "data": {"demo": {}},
+                 "ndim": args.ndim or (len(args.voxel_size) if args.voxel_size else 2),
+                 "targets": {"binarize": args.binarize}, "evaluate": {}}
+    if args.voxel_size:
+        cfg["data"]["voxel_size"] = list(args.voxel_size)
+    if args.iou_thresholds:
+        cfg["evaluate"]["iou_thresholds"] = list(args.iou_thresholds)
+    if args.tolerance is not None:
+        cfg["evaluate"]["detection"] = {"tolerance": args.tolerance}
+    if args.classes:
+        cfg = merge(cfg, task_class(args.workflow).classes_config(args.classes))
+    return cfg
+
+
 def _evaluate(args: argparse.Namespace) -> None:
-    cfg = validate_config({"experiment": "evaluate", "workflow": args.workflow, "ndim": args.ndim,
-                           "data": {"demo": {}}, "targets": {"classes": args.classes, "binarize": args.binarize}})
-    task = get_task(cfg).for_outputs(args.pred)
-    table = task.score_folders(args.pred, args.gt)
+    task = get_task(validate_config(evaluation_config(args))).for_outputs(args.pred)
+    table, details = task.score_folders(args.pred, args.gt, args.ndim)
     out = Path(args.out)
     imageio.write_csv(out, table)
-    summary = task.summarize(table) if len(table) else pd.DataFrame([{"n_images": 0}])
+    summary = task.summarize(table, details) if len(table) else pd.DataFrame([{"n_images": 0}])
     imageio.write_csv(out.with_name(f"{out.stem}_summary.csv"), summary)
     if task.metrics_tables:
         task.write_metrics_tables(out, {name: str(out.with_name(f"{out.stem}_{Path(path).name}"))
                                         for name, path in task.metrics_tables.items()})
     print(summary.to_string(index=False))
+
+
+def _summary(args: argparse.Namespace) -> None:
+    print("\n".join(summary_lines(args.results)))
 
 
 def _export_bmz(args: argparse.Namespace) -> None:
@@ -79,10 +99,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="folder of post-processed outputs")
     ev.add_argument("--gt", required=True, help="folder of ground-truth labels, same file names")
     ev.add_argument("--out", required=True, help="per-image metrics CSV to write")
-    ev.add_argument("--ndim", type=int, default=2, choices=[2, 3])
-    ev.add_argument("--classes", type=int, default=2)
+    ev.add_argument("--ndim", type=int, choices=[2, 3],
+                    help="read every file as 2D or 3D (default: each pair's own dimensionality)")
+    ev.add_argument("--classes", nargs="+", metavar="C",
+                    help="semantic: the number of classes K (default 2); detection: the class column's values in "
+                         "channel order (targets.detection.classes), e.g. --classes 1 3")
     ev.add_argument("--binarize", action="store_true", help="semantic: ground-truth labels > 0 are foreground")
+    ev.add_argument("--iou-thresholds", nargs="+", type=float, metavar="T",
+                    help="instance: IoU thresholds of the matching (evaluate.iou_thresholds; default 0.1 ... 0.9)")
+    ev.add_argument("--tolerance", type=float,
+                    help="detection: largest distance of a match, physical units (evaluate.detection.tolerance; "
+                         "default 3)")
+    ev.add_argument("--voxel-size", nargs="+", type=float, metavar="S",
+                    help="(Z) Y X size of a voxel (data.voxel_size): detection distances and object sizes; "
+                         "2D files use the last two")
     ev.set_defaults(func=_evaluate)
+
+    summ = sub.add_parser("summary", help="three lines on a finished run: what ran, the main score, where the "
+                                          "outputs and the report are")
+    summ.add_argument("results", help="the run's folder, e.g. results/demo")
+    summ.set_defaults(func=_summary)
 
     bmz = sub.add_parser("export-bmz",
                          help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")

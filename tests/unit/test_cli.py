@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 import tifffile
 
 from biapipe.cli import main
@@ -58,3 +59,69 @@ def test_job_threads_override_the_config_thread_count():
     assert scaled == {**section, "threads": 2}
     assert section["threads"] == 8  # the shared config is not modified
     assert with_threads(section, None) is section
+
+
+def test_evaluate_detection_tolerance_voxel_size_and_classes(tmp_path):
+    pred, gt = tmp_path / "p", tmp_path / "g"
+    pred.mkdir(), gt.mkdir()
+    (gt / "x.csv").write_text("y,x,class\n10,10,1\n30,30,3\n")
+    (pred / "x.csv").write_text("y,x,score,class\n10,14,0.9,1\n30,31,0.8,1\n")  # 4 px off; 1 px off, wrong class
+    out = tmp_path / "m.csv"
+
+    def scores(*options):
+        assert main(["evaluate", "--workflow", "detection", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                     *options]) == 0
+        return pd.read_csv(out).loc[0]
+
+    assert scores()["tp"] == 1  # default tolerance 3: only the 1-pixel pair
+    assert scores("--tolerance", "5")["tp"] == 2
+    assert scores("--tolerance", "5", "--voxel-size", "2", "2")["tp"] == 1  # 4 px are 8 units
+    row = scores("--tolerance", "5", "--classes", "1", "3")
+    assert (row["tp_class_1"], row["fp_class_1"], row["fn_class_3"]) == (1, 1, 1)
+    summary = pd.read_csv(tmp_path / "m_summary.csv").loc[0]
+    assert summary["ap_class_1"] == pytest.approx(1.0) and summary["ap_class_3"] == 0.0  # ranked AP, per class
+
+
+def test_evaluate_instance_iou_thresholds_and_mixed_2d_3d(tmp_path):
+    pred, gt = tmp_path / "p", tmp_path / "g"
+    pred.mkdir(), gt.mkdir()
+    flat, volume = np.zeros((16, 16), np.uint16), np.zeros((4, 16, 16), np.uint16)
+    flat[2:8, 2:8] = 1
+    volume[1:3, 4:12, 4:12] = 1
+    shifted = np.zeros_like(volume)
+    shifted[1:3, 4:12, 6:14] = 1  # IoU 48/80 = 0.6
+    tifffile.imwrite(gt / "a.tif", flat), tifffile.imwrite(pred / "a.tif", flat)
+    tifffile.imwrite(gt / "b.tif", volume, photometric="minisblack")
+    tifffile.imwrite(pred / "b.tif", shifted, photometric="minisblack")
+    out = tmp_path / "m.csv"
+    assert main(["evaluate", "--workflow", "instance", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                 "--iou-thresholds", "0.5", "0.75"]) == 0
+    table = pd.read_csv(out).set_index("image")
+    assert [c for c in table.columns if c.startswith("f1@")] == ["f1@0.5", "f1@0.75"]
+    assert table.loc["a", "f1@0.75"] == 1.0
+    assert (table.loc["b", "f1@0.5"], table.loc["b", "f1@0.75"]) == (1.0, 0.0)
+    # forcing one dimensionality stops at the file that does not fit, naming it
+    assert main(["evaluate", "--workflow", "instance", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                 "--ndim", "2"]) == 2
+
+
+def test_classes_option_is_per_workflow(tmp_path, capsys):
+    pred, gt = tmp_path / "p", tmp_path / "g"
+    pred.mkdir(), gt.mkdir()
+    a = np.array([[0, 1, 2, 2]], np.uint8)
+    tifffile.imwrite(pred / "x.tif", a), tifffile.imwrite(gt / "x.tif", a)
+    out = tmp_path / "m.csv"
+    assert main(["evaluate", "--workflow", "semantic", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                 "--classes", "3"]) == 0
+    assert pd.read_csv(out).loc[0, "iou_2"] == 1.0
+    assert main(["evaluate", "--workflow", "semantic", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                 "--classes", "a", "b"]) == 2
+    assert "--classes: the semantic workflow takes the number of classes" in capsys.readouterr().err
+    assert main(["evaluate", "--workflow", "instance", "--pred", str(pred), "--gt", str(gt), "--out", str(out),
+                 "--classes", "1"]) == 2
+    assert "--classes: the instance workflow takes no class list" in capsys.readouterr().err
+
+
+def test_summary_of_a_run_that_has_not_finished(tmp_path, capsys):
+    assert main(["summary", str(tmp_path)]) == 2
+    assert f"{tmp_path}/config.yaml: not found" in capsys.readouterr().err

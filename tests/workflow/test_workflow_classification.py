@@ -7,7 +7,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import planned_jobs, snakemake, write_config
+from conftest import ReportPage, evaluate_like_the_workflow, planned_jobs, snakemake, write_config
 
 from biapipe.tasks.classification.demo import make_classification_demo
 from biapipe.tasks.classification.samples import CLASSIFICATION_CLASSES
@@ -83,6 +83,21 @@ def test_2d_demo_end_to_end(run2d):
     assert (out / "classes" / "test_elongated_000.csv").is_file()
 
 
+def test_2d_report_and_evaluate(run2d):
+    work, _ = run2d
+    out = work / "results" / "tiny"
+    evaluate_like_the_workflow(out, out / "classes", work / "data" / "test", "classification")
+    page = ReportPage((out / "report.html").read_text())
+    assert {"table-confusion_matrix", "table-classes"} <= set(page.tables)  # the workflow's tables
+    assert ("tables", "confusion_matrix.png") in page.images
+    metrics = pd.read_csv(out / "metrics.csv")
+    wrong = int((metrics["correct"] == 0).sum())
+    gallery = [alt for section, alt in page.images if section == "gallery"]
+    assert gallery == (["misclassified test images"] if wrong else [])
+    headline = (out / "report.html").read_text()
+    assert f"accuracy (share of test images classified right) = {metrics['correct'].mean():.4f}" in headline
+
+
 def test_2d_nothing_to_do_after_a_run(run2d):
     work, cfgfile = run2d
     assert planned_jobs(work, cfgfile) == {}
@@ -103,6 +118,7 @@ def test_flat_test_folder_is_predicted_not_scored(tmp_path):
     plan = planned_jobs(tmp_path, write_config(tmp_path / "c.yaml", folder_config(data, test="flat")))
     assert plan["predict"] == 3 and plan["postprocess"] == 3 and plan["outputs_tables"] == 1
     assert "aggregate" not in plan and "metrics_tables" not in plan
+    assert plan["report"] == 1  # from the unscored outputs: the gallery shows the first images
 
 
 def test_unknown_test_class_stops_at_parse(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import planned_jobs, snakemake, tiny_config, write_config
+from conftest import ReportPage, evaluate_like_the_workflow, planned_jobs, snakemake, tiny_config, write_config
 
 from biapipe.data.demo import make_demo_data
 
@@ -57,6 +57,22 @@ def test_detection_2d_outputs(run2d):
     assert 0 < tuning["threshold"] < 1
 
 
+def test_ap_report_and_evaluate_of_a_run(run2d):
+    work, _ = run2d
+    out = work / "results" / "tinydet"
+    summary = pd.read_csv(out / "summary.csv")
+    assert 0 <= summary.loc[0, "ap"] <= 1 and summary.loc[0, "map"] == summary.loc[0, "ap"]  # one class
+    assignments = pd.read_csv(out / "metrics" / "test_000_assignments.csv")
+    assert set(assignments.loc[assignments["pred_row"] >= 0, "ap_match"]) <= {0, 1}
+    ours = evaluate_like_the_workflow(out, out / "points", work / "data" / "test" / "points", "detection",
+                                      "--tolerance", "3")
+    assert ours.loc[0, "ap"] == pytest.approx(summary.loc[0, "ap"], nan_ok=True)
+    page = ReportPage((out / "report.html").read_text())
+    gallery = [alt for section, alt in page.images if section == "gallery"]
+    assert len(gallery) == 2 and all(alt.split(": ")[1].startswith("test_") for alt in gallery)
+    assert (out / "report" / "gallery").is_dir()
+
+
 def test_nothing_to_do_after_a_run(run2d):
     work, cfgfile = run2d
     assert planned_jobs(work, cfgfile) == {}
@@ -67,7 +83,7 @@ def test_tolerance_change_reruns_only_postprocessing_and_scoring(run2d, tmp_path
     cfg = points_config(work / "data", postprocess={"detection": {"threshold": "tuned", "suppression_radius": 3}},
                         evaluate={"detection": {"tolerance": 5.0}})
     plan = planned_jobs(work, write_config(tmp_path / "c.yaml", cfg))
-    assert set(plan) <= {"tune", "postprocess", "aggregate", "all"}  # tuning scores with the tolerance too
+    assert set(plan) <= {"tune", "postprocess", "aggregate", "report", "all"}  # tuning scores with the tolerance too
     assert plan["postprocess"] == 2 and plan["aggregate"] == 1
 
 

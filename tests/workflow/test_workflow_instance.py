@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
-from conftest import TINY_TRAIN, planned_jobs, snakemake, tiny_config, write_config
+from conftest import TINY_TRAIN, ReportPage, evaluate_like_the_workflow, planned_jobs, snakemake, tiny_config, write_config
 
 from biapipe.data.demo import make_demo_data
 
@@ -45,6 +45,20 @@ def test_instance_2d_with_tuning(tmp_path):
     assert len(objects) == len(np.unique(labels[labels > 0]))
     summary = pd.read_csv(out / "summary.csv")
     assert {"pooled_f1@0.5", "mean_f1@0.5"} <= set(summary.columns)
+    # COCO AP from the object scores (mean foreground probability) beside the DSB accuracy
+    assert objects["score"].between(0, 1).all()
+    matches = pd.read_csv(out / "metrics" / "test_000_matches.csv")
+    assert list(matches.columns) == ["label", "score", "iou"] and len(matches) == len(objects)
+    assert {"ap@0.5:0.95", "ap@0.5", "ap@0.75", "pooled_accuracy@0.5"} <= set(summary.columns)
+    assert 0 <= summary.loc[0, "ap@0.75"] <= summary.loc[0, "ap@0.5"] <= 1
+    # biapipe evaluate gives the workflow's numbers, AP too (it finds objects/ beside labels/)
+    ours = evaluate_like_the_workflow(out, out / "labels", tmp_path / "data" / "test" / "labels", "instance",
+                                      "--iou-thresholds", "0.5", "0.75")
+    for column in ("ap@0.5:0.95", "ap@0.5", "pooled_f1@0.5"):
+        assert ours.loc[0, column] == pytest.approx(summary.loc[0, column], nan_ok=True)
+    page = ReportPage((out / "report.html").read_text())
+    assert [section for section, _ in page.images].count("gallery") >= 1
+    assert "ap@0.5:0.95" in page.frame("summary-table")["figure"].tolist()
     # a post-processing change reruns post-processing and scoring, not training or tuning
     cfg2 = instance_config(tmp_path / "data", postprocess={"instance": {"tuned": True, "min_size": 3}})
     plan = planned_jobs(tmp_path, write_config(tmp_path / "c2.yaml", cfg2))

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
-from conftest import planned_jobs, snakemake, tiny_config, write_config
+from conftest import ReportPage, planned_jobs, snakemake, tiny_config, write_config
 
 from biapipe.data.demo import make_demo_data
 
@@ -83,6 +83,16 @@ def test_block_wise_equals_whole_image(semantic_run):
         assert metrics.loc["test_000", column] == pytest.approx(metrics.loc["test_copy", column])
 
 
+def test_report_pictures_the_large_image_and_block_jobs_log_progress(semantic_run):
+    work, _, _ = semantic_run
+    out = work / "results" / "big"
+    page = ReportPage((out / "report.html").read_text())
+    gallery = sorted(alt.split(": ")[1] for section, alt in page.images if section == "gallery")
+    assert gallery == ["test_000", "test_copy"]  # the OME-Zarr output over the OME-Zarr image, and the TIFF one
+    assert "; 2 test images predicted" in (out / "report.html").read_text()
+    assert "test_000.ome.zarr: block 1/1 (100%)" in (out / "logs" / "predict" / "test_000" / "0.log").read_text()
+
+
 def test_a_killed_block_reruns_alone(semantic_run, tmp_path):
     """As if the job of block 2 had been killed: no marker, so nothing after it ran either."""
     work, cfgfile, _ = semantic_run
@@ -91,7 +101,7 @@ def test_a_killed_block_reruns_alone(semantic_run, tmp_path):
     shutil.rmtree(out / "masks" / "test_000.ome.zarr")
     (out / "metrics" / "test_000.csv").unlink()
     plan = planned_jobs(work, cfgfile)
-    assert plan == {"predict_block": 1, "postprocess_large": 1, "aggregate": 1, "all": 1}
+    assert plan == {"predict_block": 1, "postprocess_large": 1, "aggregate": 1, "report": 1, "all": 1}
 
 
 def test_instance_labels_merge_across_block_jobs(tmp_path):

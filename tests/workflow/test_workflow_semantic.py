@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import planned_jobs, snakemake, tiny_config, write_config, write_tif
+from conftest import ReportPage, evaluate_like_the_workflow, planned_jobs, snakemake, tiny_config, write_config, write_tif
 
 from biapipe.data.demo import make_demo_data
 
@@ -51,6 +51,38 @@ def test_end_to_end_outputs(run2d):
         assert "done in" in (out / "logs" / f"{log}.log").read_text()
 
 
+def test_report_evaluate_and_summary_of_a_run(run2d, capsys):
+    """The page a person opens, the evaluate command on the run's outputs, the three-line summary."""
+    from biapipe.cli import main
+
+    work, _ = run2d
+    out = work / "results" / "tiny"
+    page = ReportPage((out / "report.html").read_text())
+    assert {"summary", "per-image", "gallery", "training", "runtime", "config"} <= set(page.sections)
+    assert "foreground_iou" in page.tables["metrics-table"] and "stage" in page.tables["stages-table"]
+    gallery = [alt for section, alt in page.images if section == "gallery"]
+    assert len(gallery) == 2 and gallery[0].startswith("best: ")  # 2 test images: best and worst
+    assert ("training", "training curve") in page.images
+    stages = page.frame("stages-table").set_index("stage")
+    assert stages.loc["postprocess", "jobs"] == "2" and float(stages.loc["train", "benchmark_s"]) > 0
+    evaluate_like_the_workflow(out, out / "masks", work / "data" / "test" / "labels", "semantic", "--binarize")
+    capsys.readouterr()
+    assert main(["summary", str(out)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("tiny: semantic workflow, 2D; trained 2 epochs on 3 images")
+    score = pd.read_csv(out / "summary.csv").loc[0, "pooled_foreground_iou"]
+    assert f"foreground IoU (pooled over pixels) = {score:.4f}" in lines[1]
+
+
+def test_snakemake_report_gathers_the_flagged_outputs(run2d):
+    work, cfgfile = run2d
+    proc = snakemake(work, cfgfile, "--report", str(work / "snakemake_report.html"))
+    log = proc.stdout + proc.stderr
+    for name in ("training_curve.png", "metrics.csv", "summary.csv", "report.html", "0_best_test_"):
+        assert f"Adding {name}" in log, name
+    assert (work / "snakemake_report.html").stat().st_size > 100_000  # Snakemake's page, scripts inlined
+
+
 def test_nothing_to_do_after_a_run(run2d):
     work, cfgfile = run2d
     assert planned_jobs(work, cfgfile) == {}
@@ -60,7 +92,7 @@ def test_postprocess_change_reruns_only_postprocess_and_evaluation(run2d, tmp_pa
     work, cfgfile = run2d
     cfg = folder_config(work / "data", postprocess={"threshold": 0.7})
     plan = planned_jobs(work, write_config(tmp_path / "c.yaml", cfg))
-    assert plan == {"postprocess": 2, "aggregate": 1, "all": 1}
+    assert plan == {"postprocess": 2, "aggregate": 1, "report": 1, "all": 1}
 
 
 def test_train_change_retrains(run2d, tmp_path):
@@ -83,7 +115,7 @@ def test_new_test_image_runs_only_that_image(run2d, tmp_path):
     shutil.copy(data / "labels" / "test_000.tif", data / "labels" / "test_new.tif")
     try:
         plan = planned_jobs(work, cfgfile)
-        assert plan == {"predict": 1, "postprocess": 1, "aggregate": 1, "all": 1}
+        assert plan == {"predict": 1, "postprocess": 1, "aggregate": 1, "report": 1, "all": 1}
     finally:
         (data / "images" / "test_new.tif").unlink()
         (data / "labels" / "test_new.tif").unlink()
@@ -93,7 +125,10 @@ def test_same_seed_gives_identical_metrics(run2d, tmp_path):
     work, cfgfile = run2d
     other = tmp_path / "again"
     other.mkdir()
-    snakemake(other, cfgfile)
+    proc = snakemake(other, cfgfile)
+    # training's progress on the console (one line per epoch, with the time left) and in its log
+    assert "[train] epoch 1/2  train_loss" in proc.stderr and "ETA" in proc.stderr
+    assert "epoch 2/2" in (other / "results" / "tiny" / "logs" / "train.log").read_text()
     first = (work / "results" / "tiny" / "metrics.csv").read_bytes()
     second = (other / "results" / "tiny" / "metrics.csv").read_bytes()
     assert first == second

@@ -42,6 +42,7 @@ config.update(CFG)
 TRAIN_IDS, VAL_IDS, TEST_IDS = PLAN.ids("train"), PLAN.ids("val"), PLAN.ids("test")
 SCORED_IDS, LARGE_IDS, SPLIT_IDS, BATCHES = PLAN.scored_ids, PLAN.large_ids, PLAN.split_ids, PLAN.batches
 AXES = CFG["data"]["axes"]
+REPORT = smk.report_outputs(PLAN)
 
 
 wildcard_constraints:

@@ -61,8 +61,8 @@ rule aggregate:
         [W.metrics(i) for i in W.unbatched if i in W.scored],
         W.markers("postprocess"),
     output:
-        metrics=f"{OUT}/metrics.csv",
-        summary=f"{OUT}/summary.csv",
+        metrics=report(f"{OUT}/metrics.csv", caption="../report/metrics.rst", category="3. Metrics"),
+        summary=report(f"{OUT}/summary.csv", caption="../report/summary.rst", category="3. Metrics"),
     log:
         f"{OUT}/logs/aggregate.log",
     run:

@@ -45,7 +45,7 @@ if SPLIT_IDS:
         run:
             stages.predict_block(model=input.model, image=input.image, store=input.store,
                                  block=int(wildcards.block), marker=output[0], task=TASK, threads=threads,
-                                 log=log[0])
+                                 log=log[0], echo=True)
 
 
 if PLAN.segment_blocks:

@@ -9,7 +9,8 @@ if TASK.outputs_tables and TEST_IDS:
             [W.output(i) for i in W.unbatched],
             W.markers("postprocess"),
         output:
-            **{name: f"{OUT}/{path}" for name, path in TASK.outputs_tables.items()},
+            **{name: report(f"{OUT}/{path}", caption="../report/tables.rst", category="3. Metrics")
+               for name, path in TASK.outputs_tables.items()},
         log:
             f"{OUT}/logs/outputs_tables.log",
         run:
@@ -23,7 +24,8 @@ if TASK.metrics_tables and SCORED_IDS:
         input:
             f"{OUT}/metrics.csv",
         output:
-            **{name: f"{OUT}/{path}" for name, path in TASK.metrics_tables.items()},
+            **{name: report(f"{OUT}/{path}", caption="../report/tables.rst", category="3. Metrics")
+               for name, path in TASK.metrics_tables.items()},
         params:
             classes=smk.rerun_key(CFG["targets"]),
         log:

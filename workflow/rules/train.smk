@@ -25,8 +25,9 @@ rule train:
     output:
         best=f"{OUT}/model/best.pt",
         last=f"{OUT}/model/last.pt",
-        history=f"{OUT}/model/history.csv",
-        curve=f"{OUT}/model/training_curve.png",
+        history=report(f"{OUT}/model/history.csv", caption="../report/history.rst", category="4. Training"),
+        curve=report(f"{OUT}/model/training_curve.png", caption="../report/training_curve.rst",
+                     category="4. Training"),
     params:
         **smk.train_params(CFG),
     threads: CFG["train"]["threads"]

@@ -26,8 +26,9 @@ import zarr
 
 from .axes import canonical_image, canonical_label
 from .errors import InputError
+from .raster import RASTER_SUFFIXES, check_2d, is_raster, read_raster
 
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy")
+IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".npy", *RASTER_SUFFIXES)
 
 #: dtypes accepted as raw image input; anything else (complex, object, bool) is rejected.
 SUPPORTED_IMAGE_KINDS = "uif"
@@ -49,8 +50,9 @@ def is_image_file(path: Path) -> bool:
 # --------------------------------------------------------------------------- reading
 
 
-def open_array(path: str | Path) -> Any:
-    """Open an image lazily: a zarr.Array for Zarr, a numpy memmap or array for TIFF/npy.
+def open_array(path: str | Path, palette: bool = False) -> Any:
+    """Open an image lazily: a zarr.Array for Zarr, a numpy memmap or array for TIFF/npy,
+    an array for PNG/JPEG/BMP (``palette``: a palette PNG as its colours, else its indices).
 
     Zarr groups (OME-Zarr) resolve to their first multiscale level or to their only array.
     """
@@ -65,11 +67,13 @@ def open_array(path: str | Path) -> Any:
             return np.load(path, mmap_mode="r")
         if suffix.endswith((".tif", ".tiff")):
             return _read_tiff(path)
+        if is_raster(path):
+            return read_raster(path, palette)
     except InputError:
         raise
     except Exception as exc:  # tifffile/zarr raise many types for corrupt files
         raise InputError(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
-    raise InputError(path, "unsupported file type (expected .tif, .tiff, .zarr or .npy)")
+    raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -91,9 +95,9 @@ def _open_zarr(path: Path) -> zarr.Array:
     raise InputError(path, f"Zarr group holds {len(arrays)} arrays and no OME multiscales; point to one array")
 
 
-def read_array(path: str | Path) -> np.ndarray:
+def read_array(path: str | Path, palette: bool = False) -> np.ndarray:
     """Read a whole image into memory as a numpy array of its stored dtype."""
-    arr = open_array(path)
+    arr = open_array(path, palette)
     try:
         return np.asarray(arr[...])
     except Exception as exc:
@@ -102,13 +106,15 @@ def read_array(path: str | Path) -> np.ndarray:
 
 def read_image(path: str | Path, ndim: int, axes: str | None = None) -> np.ndarray:
     """Read an image as (Z)YXC with its stored dtype; rejects unsupported dtypes."""
-    arr = read_array(path)
+    check_2d(path, ndim)
+    arr = read_array(path, palette=True)
     check_image_dtype(arr.dtype, path)
     return canonical_image(arr, ndim, path, axes)
 
 
 def read_label(path: str | Path, ndim: int) -> np.ndarray:
     """Read a label image as (Z)YX; labels must be integers (or integral floats)."""
+    check_2d(path, ndim)
     return canonical_label(label_values(read_array(path), path), ndim, path)
 
 

@@ -19,6 +19,7 @@ import zarr
 
 from ..core.axes import MAX_IMPLICIT_CHANNELS
 from ..core.errors import InputError
+from ..core.raster import check_2d, is_raster, read_raster
 from .blocks import block_grid, choose_block_shape
 from .normalize import check_finite, dataset_stats, normalize
 
@@ -114,8 +115,12 @@ def open_lazy(path: str | Path, ndim: int, axes: str | None = None) -> LazyImage
         source, file_axes = _open_tiff_source(path), None
     elif name.endswith(".npy"):
         source, file_axes = np.load(path, mmap_mode="r"), None
+    elif is_raster(path):  # one plane, small: read whole
+        check_2d(path, ndim)
+        source, file_axes = read_raster(path, palette=True), None
     else:
-        raise InputError(path, "unsupported file type for lazy reading (expected .zarr, .tif, .tiff or .npy)")
+        raise InputError(path, "unsupported file type for lazy reading (expected .zarr, .tif, .tiff, .npy, .png, "
+                               ".jpg, .jpeg or .bmp)")
     return LazyImage(source, axes or file_axes or infer_axes(tuple(source.shape), ndim, path), ndim, path)
 
 

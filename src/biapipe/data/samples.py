@@ -8,6 +8,7 @@ business: :func:`discover` asks the task (``tasks/<name>/``) for each split's sa
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ from ..core.errors import ConfigError, InputError
 from ..core.imageio import IMAGE_SUFFIXES, image_id
 
 SPLITS = ("train", "val", "test")
+#: Files of another type named in the one-line warning of :func:`list_images`.
+SHOWN_SKIPPED = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,16 @@ class SampleSource(Protocol):
 
 
 def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) -> dict[str, str]:
-    """Map sample id -> path for the image files (or Zarr stores, or ``suffixes``) directly in ``folder``."""
+    """Map sample id -> path for the image files (or Zarr stores, or ``suffixes``) directly in ``folder``.
+
+    Other files are skipped with one warning line naming them: a folder of ``.czi`` files
+    or a typo in a suffix should not look like a smaller data set.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "folder not found")
     found: dict[str, str] = {}
+    skipped: list[str] = []
     # Paths by string concatenation: same text as str(folder / name), without building a
     # Path per file (this runs at every parse, for every file of the dataset).
     base = str(folder)
@@ -82,12 +92,20 @@ def list_images(folder: str | Path, suffixes: tuple[str, ...] = IMAGE_SUFFIXES) 
     with os.scandir(folder) as entries:
         for entry in entries:
             name = entry.name
-            if name.startswith(".") or not name.lower().endswith(suffixes):
+            if name.startswith("."):
+                continue
+            if not name.lower().endswith(suffixes):
+                if entry.is_file():
+                    skipped.append(name)
                 continue
             sid = image_id(name) if suffixes is IMAGE_SUFFIXES else name[: name.rfind(".")]
             if sid in found:
                 raise InputError(folder / name, f"two files share the sample name '{sid}' ({Path(found[sid]).name})")
             found[sid] = prefix + name
+    if skipped:
+        shown = ", ".join(sorted(skipped)[:SHOWN_SKIPPED]) + (", ..." if len(skipped) > SHOWN_SKIPPED else "")
+        log.warning("%s: skipped %d file(s) not of a supported type (%s): %s", folder, len(skipped),
+                    " ".join(suffixes), shown)
     return dict(sorted(found.items()))
 
 

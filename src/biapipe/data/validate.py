@@ -18,6 +18,7 @@ import numpy as np
 from ..core.axes import canonical_image, canonical_label
 from ..core.errors import InputError, explain_os_error
 from ..core.imageio import check_image_dtype, open_array, write_text
+from ..core.raster import check_2d, is_raster, probe_raster
 from .samples import Dataset, Sample
 
 
@@ -25,6 +26,8 @@ def probe(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an image file without reading its pixels."""
     path = Path(path)
     name = path.name.lower()
+    if is_raster(path):
+        return probe_raster(path)
     if name.endswith((".tif", ".tiff")):
         import tifffile
 
@@ -150,6 +153,7 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache,
     ``table`` labels (points) when they are read, ``class`` labels (names) at discovery.
     """
     ndim = cfg["ndim"]
+    check_2d(sample.image, ndim)
     shape, dtype = cache.get(sample.image)
     check_image_dtype(dtype, sample.image)
     full = canonical_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
@@ -157,6 +161,7 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache,
     if label_kind == "class":
         return dtype, full  # whole images are resized, never padded
     if sample.label is not None and label_kind == "image":
+        check_2d(sample.label, ndim)
         lshape, ldtype = cache.get(sample.label)
         if ldtype.kind not in "uifb":
             raise InputError(sample.label, f"unsupported label dtype {ldtype}")

@@ -21,6 +21,7 @@ import numpy as np
 import zarr
 
 from ..core.errors import ConfigError
+from ..core.progress import Progress
 from ..data.blocks import Block, block_grid, choose_block_shape
 from ..inference.tiling import (
     DEFAULT_TRIM,
@@ -110,7 +111,15 @@ def plan_blocks(shape: Sequence[int], chunks: Sequence[int], in_channels: int, o
     return block_grid(shape, block_shape)
 
 
-def predict_into(predictor: BlockPredictor, out: zarr.Array, blocks: Sequence[Block]) -> None:
-    """Predict ``blocks`` and write each into ``out``; memory is one block at a time."""
+def predict_into(predictor: BlockPredictor, out: zarr.Array, blocks: Sequence[Block],
+                 progress: Progress | None = None) -> None:
+    """Predict ``blocks`` and write each into ``out``; memory is one block at a time. A
+    ``progress`` logs a line per block (share done, time left)."""
     for block in blocks:
         out[block.slices] = predictor.predict(block)
+        if progress is not None:
+            progress.step(f"(block {block.index}, voxels {_extent(block)})")
+
+
+def _extent(block: Block) -> str:
+    return " x ".join(f"{a}:{b}" for a, b in zip(block.start, block.stop, strict=True))

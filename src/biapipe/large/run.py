@@ -10,6 +10,7 @@ module imports torch; the planning the workflow needs at parse time is in :mod:`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ import zarr
 
 from ..core import imageio
 from ..core.errors import ConfigError
+from ..core.progress import Progress
 from ..data.lazy import NormalizedImage, lazy_stats
 from ..inference.predict import batch_fn, tile_size
 from ..inference.predictor import load_predictor
@@ -59,8 +61,9 @@ def open_normalized(image_path: str | Path, cfg: dict[str, Any], stats: dict[str
 
 
 def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str | Path, task: Predicted,
-                  cfg: dict[str, Any], stats: dict[str, Any] | None = None) -> int:
-    """Predict one raw volume block by block into ``out_zarr`` (atomic); returns the number of blocks."""
+                  cfg: dict[str, Any], stats: dict[str, Any] | None = None, log: logging.Logger | None = None) -> int:
+    """Predict one raw volume block by block into ``out_zarr`` (atomic), with a line per block
+    in ``log``; returns the number of blocks."""
     pcfg = cfg["predict"]
     image = open_normalized(image_path, cfg, stats)
     out_shape, blocks = plan_for_shape(image.shape, task.out_channels(), pcfg)
@@ -68,7 +71,8 @@ def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str 
     with imageio.atomic_path(out_zarr) as tmp:
         out = create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1, pcfg["chunks"]),
                                       {"model": str(model_path), "blocks": len(blocks), "normalize": image.stats})
-        predict_into(predictor, out, blocks)
+        progress = Progress(len(blocks), f"{Path(image_path).name}: block", log) if log is not None else None
+        predict_into(predictor, out, blocks, progress)
     return len(blocks)
 
 
@@ -87,7 +91,8 @@ def prepare_prediction(image_path: str | Path, store: str | Path, task: Predicte
 
 
 def predict_block_job(model_path: str | Path, image_path: str | Path, store: str | Path, block_ids: Sequence[int],
-                      marker: str | Path, task: Predicted, cfg: dict[str, Any]) -> None:
+                      marker: str | Path, task: Predicted, cfg: dict[str, Any],
+                      log: logging.Logger | None = None) -> None:
     """Predict some blocks of a volume into the shared store, then write ``marker``."""
     out = zarr.open_array(str(store), mode="r+")
     image = open_normalized(image_path, cfg, dict(out.attrs)["normalize"])
@@ -96,5 +101,6 @@ def predict_block_job(model_path: str | Path, image_path: str | Path, store: str
         raise ConfigError("predict.memory_gb", f"{image_path}: the block plan ({len(blocks)} blocks) differs from the "
                           f"one the store was made for ({out.attrs['blocks']}); rerun the whole image")
     chosen = [b for b in blocks if b.index in set(int(i) for i in block_ids)]
-    predict_into(_predictor(model_path, image, task, cfg["predict"]), out, chosen)
+    progress = Progress(len(chosen), f"{Path(image_path).name}: block", log) if log is not None else None
+    predict_into(_predictor(model_path, image, task, cfg["predict"]), out, chosen, progress)
     imageio.write_text(marker, f"{len(chosen)} blocks\n")

@@ -11,7 +11,7 @@ the workflow builds a task at every parse (docs/architecture.md, "start-up cost"
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -19,11 +19,14 @@ import numpy as np
 import pandas as pd
 
 from ..core import imageio
-from ..core.errors import ConfigError, InputError
+from ..core.errors import BiapipeError, ConfigError, InputError
 from ..core.imageio import IMAGE_SUFFIXES
+from ..data import display
 from ..data.demo import demo_ids, make_demo_data
 from ..data.lazy import open_lazy
 from ..data.samples import Dataset, Sample, list_images, pair_split, split_validation
+from ..data.validate import probe
+from .gallery import Picture, ReportImage, caption, pick_examples
 
 if TYPE_CHECKING:
     import torch
@@ -61,6 +64,14 @@ class Task:
     outputs_tables: ClassVar[dict[str, str]] = {}
     #: experiment-level figures made from metrics.csv: name -> file under results/{experiment}/
     metrics_tables: ClassVar[dict[str, str]] = {}
+    #: per-image details beside metrics/{image}.csv, as metrics/{image}_{details_name}.csv (e.g. the
+    #: scored matches that average precision ranks over the whole data set); None: no details
+    details_name: ClassVar[str | None] = None
+    #: the per-image column of metrics.csv that ranks test images for the report (higher is better)
+    main_metric: str = ""
+    #: the summary.csv column that is a run's headline score, and what it measures, in words
+    main_score: str = ""
+    main_score_name: str = ""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -211,8 +222,10 @@ class Task:
     def read_output(self, path: str | Path) -> Any:
         raise NotImplementedError
 
-    def write_side_outputs(self, paths: dict[str, str], output: Any, image: np.ndarray | None) -> None:
-        """Write the files named in ``side_outputs`` (e.g. a per-object table); none by default."""
+    def write_side_outputs(self, paths: dict[str, str], output: Any, image: np.ndarray | None,
+                           prediction: np.ndarray | None = None) -> None:
+        """Write the files named in ``side_outputs`` (e.g. a per-object table with each object's
+        score from the ``prediction``); none by default."""
 
     def tuning_file(self) -> str | None:
         """Path of the tuned-thresholds JSON that post-processing needs, or None."""
@@ -250,11 +263,22 @@ class Task:
         """Metrics of one image: post-processed output against what read_label returned."""
         raise NotImplementedError
 
-    def write_details(self, out_csv_path: str | Path, output: Any, label: Any) -> None:
-        """Per-image details beside the metrics file (e.g. point assignments); none by default."""
+    def details(self, output: Any, label: Any, side: Mapping[str, str] | None = None) -> pd.DataFrame | None:
+        """The per-image details named by :attr:`details_name` (None: none); ``side`` holds the
+        paths of this image's side outputs, already written (e.g. the object scores)."""
+        return None
 
-    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
-        """Dataset-level figures from the per-image table (default: mean of numeric columns)."""
+    def details_path(self, metrics_csv: str | Path) -> Path | None:
+        """Where the details of the image scored in ``metrics_csv`` go (None: the task has none)."""
+        if self.details_name is None:
+            return None
+        path = Path(metrics_csv)
+        return path.with_name(f"{path.stem}_{self.details_name}.csv")
+
+    def summarize(self, metrics: pd.DataFrame, details: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """Dataset-level figures from the per-image table (default: mean of numeric columns);
+        ``details`` maps each image that has details to them, for figures that rank all
+        images' objects together (average precision)."""
         numeric = metrics.select_dtypes("number")
         row = {"n_images": len(metrics)}
         row.update({f"mean_{c}": float(numeric[c].mean()) for c in numeric.columns})
@@ -264,24 +288,72 @@ class Task:
         """This task set up to read the outputs in ``pred_dir`` (``biapipe evaluate``); itself by default."""
         return self
 
-    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path) -> pd.DataFrame:
+    @classmethod
+    def classes_config(cls, values: Sequence[str]) -> dict[str, Any]:
+        """The config that ``biapipe evaluate --classes V [V ...]`` stands for."""
+        raise BiapipeError(f"--classes: the {cls.name} workflow takes no class list")
+
+    def for_ndim(self, ndim: int) -> Task:
+        """This task for images of ``ndim`` spatial dimensions (``biapipe evaluate`` reads each
+        pair's own); a voxel size given for 3D applies its Y and X to 2D files."""
+        if ndim == self.ndim:
+            return self
+        voxel = self.cfg["data"]["voxel_size"]
+        if voxel is not None and len(voxel) < ndim:
+            raise BiapipeError(f"--voxel-size: {len(voxel)} values are too few for {ndim}D files")
+        data = self.cfg["data"].replace(voxel_size=None if voxel is None else list(voxel)[-ndim:])
+        return self.__class__(self.cfg.replace(ndim=ndim, data=data))
+
+    def label_ndim(self, path: str | Path) -> int:
+        """Spatial dimensionality of a ground-truth file, from its header (singleton axes dropped)."""
+        shape, _ = probe(path)
+        return min(max(sum(s != 1 for s in shape), 2), 3)
+
+    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path,
+                      ndim: int | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         """Per-image scores of a folder of outputs against a folder of ground truth, paired by
-        name (``biapipe evaluate``)."""
+        name, and the details (``biapipe evaluate``). Each pair is read with its own
+        dimensionality unless ``ndim`` is given. Side outputs (e.g. object scores) are found
+        where the workflow writes them: beside ``pred_dir``, as ``results/{experiment}/`` holds them."""
         suffixes = IMAGE_SUFFIXES if self.output_suffix in IMAGE_SUFFIXES else (self.output_suffix,)
         preds = list_images(pred_dir, suffixes)
         gts = list_images(gt_dir, self.label_suffixes)
         missing = sorted(set(gts) - set(preds))
         if missing:
             raise InputError(pred_dir, f"no prediction for ground truth '{missing[0]}' ({len(missing)} missing)")
-        rows = [{"image": i, **self.evaluate(self.read_output(preds[i]), self.read_label(path, None))}
-                for i, path in gts.items()]
-        return pd.DataFrame(rows)
+        root = Path(pred_dir).parent
+        rows, details = [], {}
+        for image_id, path in gts.items():
+            task = self.for_ndim(ndim or self.label_ndim(path))
+            output, label = task.read_output(preds[image_id]), task.read_label(path, None)
+            rows.append({"image": image_id, **task.evaluate(output, label, path)})
+            side = {k: str(root / v.format(image=image_id)) for k, v in self.side_outputs.items()}
+            found = task.details(output, label, {k: v for k, v in side.items() if Path(v).is_file()})
+            if found is not None:
+                details[image_id] = found
+        return pd.DataFrame(rows), details
 
     def write_outputs_tables(self, per_image_outputs: Sequence[str | Path], paths: dict[str, str]) -> None:
         """Write :attr:`outputs_tables` from every test image's output."""
 
     def write_metrics_tables(self, metrics_csv: str | Path, paths: dict[str, str]) -> None:
         """Write :attr:`metrics_tables` from metrics.csv."""
+
+    # ------------------------------------------------------------------ report
+    def report_gallery(self, images: Sequence[ReportImage], folder: Path) -> list[Picture]:
+        """The report's pictures of test images, written as PNGs into ``folder``: by default the
+        best, median and worst image by :attr:`main_metric`, each drawn by :meth:`report_picture`."""
+        return [self.report_picture(image, role, folder / f"{k}_{role.replace(' ', '_')}_{image.id}.png")
+                for k, (role, image) in enumerate(pick_examples(images, self.main_metric))]
+
+    def report_picture(self, image: ReportImage, role: str, path: Path) -> Picture:
+        """One test image as a picture (default: the image alone; workflows draw their output on it)."""
+        view = display.view_for(display.image_shape(image.image, self.ndim, self.cfg["data"]["axes"]),
+                                self.cfg["report"]["max_side"])
+        fig = display.new_figure(1)
+        display.show(fig.add_subplot(1, 1, 1), display.image_plane(image.image, self.ndim, view,
+                                                                   self.cfg["data"]["axes"]), image.id)
+        return Picture(f"{role}: {image.id}", display.save_figure(fig, path), caption(image, [self.main_metric]))
 
 
 def quiet(fn: Any, *args: Any, category: type[Warning] = UserWarning) -> Any:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..core.devices import resolve_device
 from ..core.errors import ConfigError
+from ..core.progress import Progress
 from ..data.augment import Augmenter, write_augment_samples
 from ..data.patches import seed_entropy
 from ..data.sources import PathPair
@@ -270,6 +271,7 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], ta
     epochs = int(tcfg["epochs"])
     seed = seed_entropy(cfg["seed"]) % 2**63
     ran = 0
+    progress = Progress(epochs, "epoch", log, done=run.state.epoch)
     while run.state.epoch < epochs and not run.state.stopped:
         if max_epochs_this_call is not None and ran >= max_epochs_this_call:
             return False
@@ -299,8 +301,9 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], ta
                                  {**{k: row[k] for k in HISTORY_COLUMNS[:4]}, "seconds": seconds,
                                   f"val_{monitor}": row[f"val_{monitor}"]})
         score = f"  val_{monitor} {row[f'val_{monitor}']:.4f}" if scorer is not None else ""
-        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f%s  lr %.2e  %.1fs%s", epoch, epochs, train_loss,
-                 val_loss, score, lr, seconds, "  (best)" if is_best else "")
+        progress.advance()
+        log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f%s  lr %.2e  %.1fs  %s%s", epoch, epochs, train_loss,
+                 val_loss, score, lr, seconds, progress.left(), "  (best)" if is_best else "")
         if run.state.stopped:
             log.info("early stopping: no %s improvement above %g for %d epochs", monitor, es["min_delta"],
                      es["patience"])

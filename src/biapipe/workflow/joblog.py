@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import resource
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,8 +25,10 @@ _LOG_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
-    """A logger writing to one job's log file; errors are logged before they propagate."""
+def job_log(path: str | Path | None, name: str, echo: bool = False) -> Iterator[logging.Logger]:
+    """A logger writing to one job's log file; errors are logged before they propagate.
+    ``echo`` also writes each line to stderr, which Snakemake shows on the console: for the
+    few long jobs (training, large volumes) whose progress a person follows."""
     with _LOG_LOCK:
         logger = logging.getLogger(f"biapipe.job.{name}.{threading.get_ident()}.{time.monotonic_ns()}")
     logger.setLevel(logging.INFO)
@@ -38,6 +41,10 @@ def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
+    console = logging.StreamHandler(sys.stderr) if echo else None
+    if console is not None:
+        console.setFormatter(logging.Formatter(f"[{name}] %(message)s"))
+        logger.addHandler(console)
     start = time.perf_counter()
     try:
         yield logger
@@ -47,8 +54,10 @@ def job_log(path: str | Path | None, name: str) -> Iterator[logging.Logger]:
         logger.error("%s: %s", type(shown).__name__, shown)
         raise
     finally:
-        handler.close()
-        logger.removeHandler(handler)
+        for h in (handler, console):
+            if h is not None:
+                h.close()
+                logger.removeHandler(h)
 
 
 def peak_rss_mib() -> float:
@@ -56,8 +65,8 @@ def peak_rss_mib() -> float:
 
 
 def stage(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A stage called with keyword arguments only, plus ``log`` (the job's log file) and the
-    job's ``logger`` handed to stages that log themselves.
+    """A stage called with keyword arguments only, plus ``log`` (the job's log file), ``echo``
+    (its lines on the console too) and the job's ``logger`` handed to stages that log themselves.
 
     An expected failure (bad input, disk full, permissions: :func:`expected_failure`) leaves the
     stage as one BiapipeError without the library's frames, so the console shows one line of
@@ -67,9 +76,9 @@ def stage(fn: Callable[..., Any]) -> Callable[..., Any]:
     wants_logger = "logger" in fn.__code__.co_varnames[: fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount]
 
     @functools.wraps(fn)
-    def run(*, log: str | None = None, **kwargs: Any) -> Any:
+    def run(*, log: str | None = None, echo: bool = False, **kwargs: Any) -> Any:
         try:
-            with job_log(log, fn.__name__) as logger:
+            with job_log(log, fn.__name__, echo) as logger:
                 return fn(**kwargs, logger=logger) if wants_logger else fn(**kwargs)
         except Exception as exc:  # noqa: BLE001 (sorted into expected failures and bugs)
             failure = expected_failure(exc)

@@ -253,13 +253,32 @@ def _shape(path: str, cfg: Section) -> tuple[int, ...]:
 
 
 def final_outputs(plan: Plan) -> list[str]:
-    """What `all` asks for: the model, every test image's output (or its batch's marker), the tables."""
-    out, task = plan.out, plan.task
+    """What `all` asks for: every test image's output (or its batch's marker), and the report with
+    what it is made from."""
+    return list(dict.fromkeys([*test_image_outputs(plan), *report_inputs(plan), report_outputs(plan)["html"]]))
+
+
+def test_image_outputs(plan: Plan) -> list[str]:
+    """Each test image's output, or for images predicted in batches, the batch's marker."""
     large = set(plan.large_ids)
     batched = {i for ids in plan.batches.values() for i in ids}
+    outs = [output_path(plan, i, i in large) for i in plan.ids("test") if i not in batched]
+    return outs + [batch_marker(plan, "postprocess", name) for name in plan.batches]
+
+
+def report_inputs(plan: Plan) -> list[str]:
+    """What the report is made from: the model, the tables, and the outputs of the test images
+    without ground truth (of batched images: their batches' markers). Scored images' outputs reach
+    it through metrics.csv (post-processing writes output and scores together), so the report job
+    lists no per-image files for them: each input is a producer lookup when Snakemake plans
+    (docs/architecture.md, "planning cost")."""
+    out, task = plan.out, plan.task
+    large, scored = set(plan.large_ids), set(plan.scored_ids)
+    batched = {i for ids in plan.batches.values() for i in ids}
     outs = [f"{out}/model/best.pt", f"{out}/model/training_curve.png"]
-    outs += [output_path(plan, i, i in large) for i in plan.ids("test") if i not in batched]
-    outs += [batch_marker(plan, "postprocess", name) for name in plan.batches]
+    outs += [output_path(plan, i, i in large) for i in plan.ids("test") if i not in scored and i not in batched]
+    outs += [batch_marker(plan, "postprocess", name) for name, ids in plan.batches.items()
+             if any(i not in scored for i in ids)]
     if plan.scored_ids:
         outs += [f"{out}/metrics.csv", f"{out}/summary.csv"]
         outs += [f"{out}/{p}" for p in task.metrics_tables.values()]
@@ -271,6 +290,18 @@ def final_outputs(plan: Plan) -> list[str]:
 def batch_marker(plan: Plan, stage: str, name: str) -> str:
     """The file a batch job leaves when every image of its batch is done."""
     return f"{plan.out}/batches/{stage}/{name}.done"
+
+
+def report_outputs(plan: Plan) -> dict[str, str]:
+    """The report's files: the page, its gallery PNGs (a folder) and the run's config."""
+    return {"html": f"{plan.out}/report.html", "gallery": f"{plan.out}/report/gallery",
+            "config": f"{plan.out}/config.yaml"}
+
+
+def test_outputs(plan: Plan) -> dict[str, str]:
+    """Test image id -> its post-processed output (large images: their large format)."""
+    large = set(plan.large_ids)
+    return {i: output_path(plan, i, i in large) for i in plan.ids("test")}
 
 
 def output_path(plan: Plan, image_id: str, large: bool) -> str:

@@ -22,12 +22,14 @@ from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import open_lazy
 from ..data.normalize import check_finite, normalize
+from ..data.samples import Sample
 from ..data.sources import index_chunks
 from ..data.validate import probe, spatial_shape
 from ..large.plan import is_block_prediction
 from ..large.prepare import dataset_stats_bounded, fits, prepare_blockwise
 from ..tasks.base import Task
 from .joblog import stage
+from .report import report_images, write_report
 from .smk import make_plan
 
 
@@ -153,7 +155,7 @@ def train(*, manifest: str, model_dir: str, cfg: dict[str, Any], task: Task, thr
 @stage
 def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, normalize: dict[str, Any],
             predict: Section, threads: int | None = None, stats: str | None = None, large: bool = False,
-            normalized: bool = False) -> None:
+            normalized: bool = False, logger: logging.Logger) -> None:
     """Predict one image. A raw image is normalized here, in memory; ``normalized`` images
     (validation images, normalized for training) are read as they are; ``large`` images go
     block by block (``predict.large_voxels`` / ``large_images``)."""
@@ -161,7 +163,8 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
     if large:
         from ..large.run import predict_large
 
-        predict_large(model, image, out, task, task.cfg.replace(predict=pcfg), _stats(stats))
+        cfg = task.cfg.replace(predict=pcfg)
+        predict_large(model, image, out, task, cfg, _stats(stats), log=logger)
         return
     array = imageio.read_array(image) if normalized else normalized_image(image, task.ndim, axes, normalize,
                                                                          _stats(stats))
@@ -228,12 +231,12 @@ def prepare_prediction(*, image: str, store: str, task: Task, stats: str | None 
 
 @stage
 def predict_block(*, model: str, image: str, store: str, block: int, marker: str, task: Task,
-                  threads: int | None = None) -> None:
+                  threads: int | None = None, logger: logging.Logger) -> None:
     """Large image split across jobs: one block into the shared store, then its marker file."""
     from ..large.run import predict_block_job
 
     cfg = task.cfg.replace(predict=with_threads(task.cfg["predict"], threads))
-    predict_block_job(model, image, store, [block], marker, task, cfg)
+    predict_block_job(model, image, store, [block], marker, task, cfg, log=logger)
 
 
 @stage
@@ -288,25 +291,29 @@ def _postprocess_one(prediction: str, out: str, task: Task, axes: str | None, im
                 imageio.write_csv(metrics, pd.DataFrame([{"image": image_id, **scores}]))
             return
     else:
-        output = task.postprocess(imageio.read_array(prediction))
+        pred = imageio.read_array(prediction)
+        output = task.postprocess(pred)
         task.write_output(out, output)
         if side:
             raw = imageio.read_image(image, task.ndim, axes) if image else None
-            task.write_side_outputs(side, output, raw)
+            task.write_side_outputs(side, output, raw, pred)
     if metrics:
-        write_metrics(task, output, label, metrics, image_id, image_shape(image, task.ndim, axes) if image else None)
+        write_metrics(task, output, label, metrics, image_id, image_shape(image, task.ndim, axes) if image else None,
+                      side)
 
 
 def write_metrics(task: Task, output: Any, label: str | None, out_csv: str, image_id: str,
-                  shape: tuple[int, ...] | None) -> None:
+                  shape: tuple[int, ...] | None, side: dict[str, str] | None = None) -> None:
     """One row of scores for one image (only its id when it has no ground truth), plus the
-    task's per-object details (written first: when the metrics file exists, they do too)."""
+    task's per-image details (written first: when the metrics file exists, they do too)."""
     if label is None:
         imageio.write_csv(out_csv, pd.DataFrame([{"image": image_id}]))
         return
     truth = task.read_label(label, shape)
     row = {"image": image_id, **task.evaluate(output, truth, label)}
-    task.write_details(out_csv, output, truth)
+    details, path = task.details(output, truth, side or {}), task.details_path(out_csv)
+    if details is not None and path is not None:
+        imageio.write_csv(path, details)
     imageio.write_csv(out_csv, pd.DataFrame([row]))
 
 
@@ -317,16 +324,27 @@ def tune(*, predictions: Sequence[str], labels: Sequence[str], out: str, task: T
 
 @stage
 def aggregate(*, metrics: Sequence[str], out_metrics: str, out_summary: str, task: Task) -> None:
-    """One row per image in metrics.csv; dataset figures in summary.csv."""
+    """One row per image in metrics.csv; dataset figures in summary.csv, from the rows and
+    the task's per-image details (e.g. the scored matches that average precision ranks)."""
     if metrics:
         table = pd.concat([pd.read_csv(p) for p in metrics], ignore_index=True)
         table = table.sort_values("image", kind="stable").reset_index(drop=True)
     else:
         table = pd.DataFrame({"image": []})
     imageio.write_csv(out_metrics, table)
-    summary = task.summarize(table) if len(table) else pd.DataFrame([{"n_images": 0}])
+    summary = task.summarize(table, read_details(task, metrics)) if len(table) else pd.DataFrame([{"n_images": 0}])
     summary.insert(0, "experiment", task.cfg["experiment"])
     imageio.write_csv(out_summary, summary)
+
+
+def read_details(task: Task, metrics: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Image id -> its details, for the scored images that have them."""
+    found = {}
+    for path in metrics:
+        details = task.details_path(path)
+        if details is not None and details.is_file():
+            found[Path(path).stem] = pd.read_csv(details)
+    return found
 
 
 @stage
@@ -339,3 +357,12 @@ def outputs_tables(*, outputs: Sequence[str], paths: dict[str, str], task: Task)
 def metrics_tables(*, metrics: str, paths: dict[str, str], task: Task) -> None:
     """The task's experiment-level tables of metrics.csv (e.g. the confusion matrix)."""
     task.write_metrics_tables(metrics, dict(paths))
+
+
+@stage
+def report(*, task: Task, results: str, samples: Sequence[Sample], outputs: dict[str, str], html_out: str,
+           gallery: str, config_out: str, logger: logging.Logger) -> None:
+    """The run report (workflow.report): a self-contained HTML page, its gallery PNGs and the config."""
+    images = report_images(task, results, samples, outputs)
+    seconds = write_report(task, results, images, html_out, gallery, config_out)
+    logger.info("report of %d test images written in %.2f s", len(images), seconds)

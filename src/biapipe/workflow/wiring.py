@@ -155,7 +155,13 @@ class Wiring:
     def predict(self, input: Any, output: Any, wildcards: Any, threads: int) -> dict[str, Any]:
         return dict(model=input.model, image=input.image, out=output[0], task=self.task, axes=self.axes,
                     normalize=self.cfg["normalize"], predict=self.cfg["predict"], threads=threads,
-                    stats=self._stats(input), large=wildcards.image in self.large)
+                    stats=self._stats(input), large=wildcards.image in self.large,
+                    echo=wildcards.image in self.large)  # a line per block on the console
+
+    def report(self, output: Any) -> dict[str, Any]:
+        return dict(task=self.task, results=self.plan.out, samples=self.plan.ds.test,
+                    outputs=smk.test_outputs(self.plan), html_out=output.html, gallery=output.gallery,
+                    config_out=output.config)
 
     def postprocess(self, input: Any, output: Any, wildcards: Any) -> dict[str, Any]:
         segmented = list(input.get("segmented", []))

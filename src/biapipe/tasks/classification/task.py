@@ -18,7 +18,7 @@ and how names map to indices). The generic stages carry it through unchanged:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,8 +33,10 @@ from ...core import imageio
 from ...core.errors import ConfigError, InputError
 from ...data.samples import Dataset, Sample
 from ..base import Task
+from ..gallery import Picture, ReportImage
 from .demo import make_classification_demo
 from .metrics import classification_metrics, confusion_matrix
+from .report import misclassified_gallery
 from .samples import (
     classification_demo_samples,
     folder_samples,
@@ -48,6 +50,9 @@ from .tables import (
     score_class_folders,
     write_confusion_matrix,
 )
+
+#: Decimals of the probabilities in the per-image outputs.
+STORED_DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,9 @@ class ClassificationTask(Task):
     scores_patches: ClassVar[bool] = False
     outputs_tables: ClassVar[dict[str, str]] = {"classes": "classes.csv"}
     metrics_tables: ClassVar[dict[str, str]] = {"csv": "confusion_matrix.csv", "png": "confusion_matrix.png"}
+    main_metric = "correct"
+    main_score = "accuracy"
+    main_score_name = "accuracy (share of test images classified right)"
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -191,12 +199,16 @@ class ClassificationTask(Task):
         if probs.size != self.out_channels():
             raise InputError(None, f"prediction has {probs.size} class probabilities, expected {self.out_channels()}")
         index = int(np.argmax(probs))
-        return ClassPrediction(index, self.class_names[index], probs)
+        # as stored (6 decimals), so the workflow scores what a folder of outputs reads back
+        stored = np.array([round(float(p), STORED_DECIMALS) for p in probs])
+        return ClassPrediction(index, self.class_names[index], stored)
 
     def write_output(self, path: str | Path, output: ClassPrediction) -> None:
         """One row: predicted_class, confidence (its probability), probability_<class> for every class."""
-        row: dict[str, Any] = {"predicted_class": output.name, "confidence": round(output.confidence, 6)}
-        row.update({probability_column(c): round(float(p), 6) for c, p in zip(self.class_names, output.probabilities)})
+        row: dict[str, Any] = {"predicted_class": output.name,
+                               "confidence": round(output.confidence, STORED_DECIMALS)}
+        row.update({probability_column(c): round(float(p), STORED_DECIMALS)
+                    for c, p in zip(self.class_names, output.probabilities)})
         imageio.write_csv(path, pd.DataFrame([row]))
 
     def read_output(self, path: str | Path) -> ClassPrediction:
@@ -208,7 +220,7 @@ class ClassificationTask(Task):
         name = table.loc[0, "predicted_class"]
         if name not in self.class_names:
             raise InputError(path, f"predicted class '{name}' is not one of {', '.join(self.class_names)}")
-        probs = table.loc[0, columns].to_numpy(dtype=np.float32)
+        probs = table.loc[0, columns].to_numpy(dtype=np.float64)
         return ClassPrediction(self.class_names.index(name), name, probs)
 
     # ------------------------------------------------------------------ metrics
@@ -224,7 +236,7 @@ class ClassificationTask(Task):
         return confusion_matrix(metrics["true_index"].astype(int), metrics["predicted_index"].astype(int),
                                 self.out_channels())
 
-    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+    def summarize(self, metrics: pd.DataFrame, details: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
         """Accuracy, balanced accuracy, macro and per-class precision/recall/F1 (see metrics.classification)."""
         row = classification_metrics(self.confusion(metrics), self.class_names)
         row["mean_confidence"] = float(metrics["confidence"].mean()) if len(metrics) else float("nan")
@@ -243,6 +255,12 @@ class ClassificationTask(Task):
         classes = output_classes(pred_dir)
         return self.__class__(self.cfg.with_value("targets.classification.classes", classes))
 
-    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path) -> pd.DataFrame:
+    def score_folders(self, pred_dir: str | Path, gt_dir: str | Path,
+                      ndim: int | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
         """Per-image outputs (``classes/{image}.csv``) against class folders (``<class>/{image}.tif``)."""
-        return score_class_folders(pred_dir, gt_dir, self)
+        return score_class_folders(pred_dir, gt_dir, self), {}
+
+    # ------------------------------------------------------------------ report
+    def report_gallery(self, images: Sequence[ReportImage], folder: Path) -> list[Picture]:
+        """The misclassified test images (the confusion matrix is a metrics table the report shows)."""
+        return misclassified_gallery(self, images, folder)

@@ -16,7 +16,7 @@ writes the original values back, so predictions read like the annotations.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,8 +39,18 @@ from .metrics import (
     match_points,
     summarize_detection,
 )
-from .points import PointSet, class_key, point_targets, read_points, rounded_pixels, stencil_half_widths
+from .points import (
+    PointSet,
+    class_key,
+    coordinate_columns,
+    point_targets,
+    read_points,
+    rounded_pixels,
+    stencil_half_widths,
+)
 from .postprocess import DetectionParams, detect_points, tune_detection_threshold
+from .ranking import class_matches, detection_ap, greedy_match
+from .report import points_picture
 
 #: Loss kinds trained through a sigmoid; the others (mse, l1) are regressed and clamped.
 SIGMOID_KINDS = frozenset({"bce", "dice", "bce_dice"})
@@ -51,6 +61,8 @@ DEFAULT_LOSS = {"ball": "bce_dice", "gaussian": "mse"}
 #: thousand Adam steps (each moves a bias by ~lr) only pushing the background down, and a
 #: short training ends with every score near 0.5 and the rarer class channel never peaking.
 PRIOR_PROBABILITY = 0.01
+#: Decimals of the coordinates and scores in the output CSVs.
+COORD_DECIMALS, SCORE_DECIMALS = 3, 6
 
 
 def tuned_threshold_path(cfg: dict[str, Any]) -> Path:
@@ -65,6 +77,10 @@ class DetectionTask(Task):
     large_output_suffix: ClassVar[str | None] = ".csv"
     label_kind: ClassVar[str] = "table"
     label_suffixes: ClassVar[tuple[str, ...]] = (".csv",)
+    details_name: ClassVar[str | None] = "assignments"
+    main_metric = "f1"
+    main_score = "pooled_f1"
+    main_score_name = "F1 of the points (pooled over images)"
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -135,7 +151,11 @@ class DetectionTask(Task):
         return logits.clamp(0.0, 1.0)
 
     def postprocess(self, prediction: np.ndarray) -> PointSet:
-        return detect_points(np.asarray(prediction), self.postprocess_params(), self.voxel_size)
+        """The points as the output CSV stores them (coordinates to 3 decimals, scores to 6), so
+        the workflow scores what a folder of outputs reads back (``biapipe evaluate``)."""
+        points = detect_points(np.asarray(prediction), self.postprocess_params(), self.voxel_size)
+        scores = None if points.scores is None else np.round(points.scores, SCORE_DECIMALS)
+        return replace(points, coords=np.round(points.coords, COORD_DECIMALS), scores=scores)
 
     def postprocess_params(self) -> DetectionParams:
         """Config parameters, with ``threshold: tuned`` replaced by the tuned value."""
@@ -152,10 +172,11 @@ class DetectionTask(Task):
 
     def points_table(self, points: PointSet) -> pd.DataFrame:
         """Columns (z,)y,x, score, class: integer pixels when they are, the class as annotated."""
-        coords = np.round(points.coords, 3)
+        coords = np.round(points.coords, COORD_DECIMALS)
         integral = bool(np.all(coords == np.round(coords)))
         table = {a: (coords[:, i].astype(np.int64) if integral else coords[:, i]) for i, a in enumerate(self.axes)}
-        table["score"] = np.round(points.scores, 6) if points.scores is not None else np.full(len(points), np.nan)
+        table["score"] = np.round(points.scores, SCORE_DECIMALS) if points.scores is not None \
+            else np.full(len(points), np.nan)
         labels = self.class_names or ["0"]
         table["class"] = [_native(labels[k]) for k in points.classes]
         return pd.DataFrame(table, columns=[*self.axes, "score", "class"])
@@ -168,16 +189,53 @@ class DetectionTask(Task):
         return detection_metrics(output.coords, output.classes, label.coords, label.classes, self.tolerance,
                                  self.voxel_size, self.class_names)
 
-    def write_details(self, out_csv_path: str | Path, output: PointSet, label: PointSet) -> None:
-        """``metrics/{image}_assignments.csv``: every TP pair, FP and FN, for inspection."""
+    def details(self, output: PointSet, label: PointSet, side: Mapping[str, str] | None = None) -> pd.DataFrame:
+        """``metrics/{image}_assignments.csv``: every TP pair, FP and FN of the matching behind the
+        metrics, and per prediction whether the score-ranked matching of average precision takes
+        it (``ap_match``; ``ap_match_class`` within its class; see :mod:`.ranking`)."""
         match = match_points(output.coords, label.coords, self.tolerance, self.voxel_size)
         table = assignments_table(output.coords, output.classes, output.scores, label.coords, label.classes,
                                   match, self.axes)
-        out = Path(out_csv_path)
-        imageio.write_csv(out.with_name(f"{out.stem}_assignments.csv"), table)
+        scores = output.scores if output.scores is not None else np.zeros(len(output))
+        agnostic = greedy_match(output.coords, scores, label.coords, self.tolerance, self.voxel_size)
+        within = class_matches(output.coords, output.classes, scores, label.coords, label.classes, self.tolerance,
+                               self.voxel_size)
+        rows = table["pred_row"].to_numpy()
+        has_pred = rows >= 0
+        for column, flags in (("ap_match", agnostic), ("ap_match_class", within)):
+            values = np.full(len(table), np.nan)
+            values[has_pred] = flags[rows[has_pred]]
+            table[column] = values
+        return table
 
-    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
-        return pd.DataFrame([summarize_detection(metrics, self.class_names)])
+    def summarize(self, metrics: pd.DataFrame, details: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """Pooled and mean figures; with the assignments of every image also AP (class-agnostic),
+        AP per class and mAP over classes, at the tolerance (:mod:`.ranking`)."""
+        row = summarize_detection(metrics, self.class_names)
+        if details:
+            row.update(detection_ap(pd.concat(list(details.values()), ignore_index=True), self.class_names))
+        return pd.DataFrame([row])
+
+    @classmethod
+    def classes_config(cls, values: Sequence[str]) -> dict[str, Any]:
+        """``--classes 1 3``: the class column's values in channel order."""
+        return {"targets": {"detection": {"classes": [_native(v) for v in values]}}}
+
+    def label_ndim(self, path: str | Path) -> int:
+        """2 or 3 from the coordinate columns of a points CSV."""
+        try:
+            columns = [str(c).strip().lower() for c in pd.read_csv(path, nrows=0).columns]
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"cannot read points CSV ({type(exc).__name__}: {exc})") from exc
+        found = len(coordinate_columns(columns))
+        if found not in (2, 3):
+            raise InputError(path, f"has {found} coordinate columns; expected y,x or z,y,x (or napari's axis-0,...)")
+        return found
+
+    # ------------------------------------------------------------------ report
+    def report_picture(self, image: Any, role: str, path: Path) -> Any:
+        """Points on the image: true positives green, false positives red, missed points blue."""
+        return points_picture(self, image, role, path)
 
     # ------------------------------------------------------------------ threshold tuning
     def tuning_file(self) -> str | None:

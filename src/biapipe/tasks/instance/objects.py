@@ -7,7 +7,7 @@ the whole volume while only one block of labels (and of the image) is in memory.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,8 +26,10 @@ class _Sums:
         self.lo = np.full((ndim, n + 1), np.iinfo(np.int64).max, dtype=np.int64)
         self.hi = np.full((ndim, n + 1), -1, dtype=np.int64)
         self.intensity = np.zeros((channels, n + 1), dtype=np.float64)
+        self.score = np.zeros(n + 1, dtype=np.float64)
 
-    def add(self, labels: np.ndarray, start: Sequence[int], image: np.ndarray | None) -> None:
+    def add(self, labels: np.ndarray, start: Sequence[int], image: np.ndarray | None,
+            score: np.ndarray | None = None) -> None:
         flat = labels.ravel().astype(np.intp, copy=False)
         n = len(self.count)
         self.count += np.bincount(flat, minlength=n)[:n]
@@ -45,18 +47,23 @@ class _Sums:
         if image is not None:
             for c in range(image.shape[-1]):
                 self.intensity[c] += np.bincount(flat, weights=image[..., c].ravel().astype(np.float64), minlength=n)[:n]
+        if score is not None:
+            self.score += np.bincount(flat, weights=np.asarray(score, np.float64).ravel(), minlength=n)[:n]
 
 
 def object_table_blocks(labels: Any, blocks: Sequence[Block], n_objects: int, image: Any = None,
-                        voxel_size: Sequence[float] | None = None) -> pd.DataFrame:
+                        voxel_size: Sequence[float] | None = None,
+                        score: Callable[[tuple[slice, ...]], np.ndarray] | None = None) -> pd.DataFrame:
     """One row per object of a label volume with labels 1..``n_objects``; ``image`` is a lazy
-    (Z)YXC image on the same grid (mean intensities), or None."""
+    (Z)YXC image on the same grid (mean intensities), or None; ``score`` reads a block's
+    (Z)YX score map (the ``score`` column: its mean over each object), or None."""
     ndim = len(labels.shape)
     channels = int(image.shape[-1]) if image is not None else 0
     sums = _Sums(int(n_objects), ndim, channels)
     for block in blocks:
         region = image[block.slices] if image is not None else None
-        sums.add(np.asarray(labels[block.slices]), block.start, region)
+        sums.add(np.asarray(labels[block.slices]), block.start, region,
+                 score(block.slices) if score is not None else None)
     ids = np.flatnonzero(sums.count[1:]) + 1
     axes = "zyx"[3 - ndim:]
     size_name = "volume" if ndim == 3 else "area"
@@ -70,4 +77,6 @@ def object_table_blocks(labels: Any, blocks: Sequence[Block], n_objects: int, im
         table[f"bbox_{name}1"] = sums.hi[a, ids] + 1
     for c in range(channels):
         table["mean_intensity" if channels == 1 else f"mean_intensity_{c}"] = sums.intensity[c, ids] / sums.count[ids]
+    if score is not None:
+        table["score"] = sums.score[ids] / sums.count[ids]
     return pd.DataFrame(table)

@@ -339,9 +339,11 @@ def label_dtype(n_objects: int) -> np.dtype:
 
 
 def object_table(labels: np.ndarray, image: np.ndarray | None = None,
-                 voxel_size: Sequence[float] | None = None) -> pd.DataFrame:
+                 voxel_size: Sequence[float] | None = None, score: np.ndarray | None = None) -> pd.DataFrame:
     """One row per object: label, area/volume (pixels; ``*_scaled`` in voxel_size units),
-    centroid and half-open bounding box per axis, and mean intensity per image channel.
+    centroid and half-open bounding box per axis, mean intensity per image channel, and
+    the object's ``score``: the mean of the (Z)YX ``score`` map over it (what average
+    precision ranks objects by).
 
     ``image`` is (Z)YX or (Z)YXC on the same grid as ``labels``.
     """
@@ -362,6 +364,8 @@ def object_table(labels: np.ndarray, image: np.ndarray | None = None,
         table[f"bbox_{name}1"] = [boxes[i - 1][a].stop for i in ids]
     if image is not None:
         table.update(_mean_intensities(labels, np.asarray(image), ids))
+    if score is not None:
+        table["score"] = _mean_intensities(labels, np.asarray(score, dtype=np.float64), ids)["mean_intensity"]
     return pd.DataFrame(table)
 
 

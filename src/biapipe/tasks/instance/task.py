@@ -13,7 +13,7 @@ regressed signed distance would squash values the network already learned (0.76 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -38,9 +38,10 @@ from .large import (
     segment_block_ids,
     segment_block_job,
 )
-from .metrics import matching_metrics, summarize_matching
+from .metrics import matching_metrics, summarize_matching, threshold_key
 from .objects import object_table_blocks
 from .postprocess import InstanceParams, instance_postprocess, label_dtype, object_table
+from .ranking import coco_ap, matches_table
 from .targets import (
     BINARY_CHANNELS,
     CHANNEL_RANGES,
@@ -68,6 +69,7 @@ class InstanceTask(LabelImageTask):
     splits_segmentation: ClassVar[bool] = True
     #: the watershed holds about a dozen float/int temporaries per voxel
     postprocess_bytes_per_voxel: ClassVar[int] = 64
+    details_name: ClassVar[str | None] = "matches"
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -80,6 +82,10 @@ class InstanceTask(LabelImageTask):
         self.pp_cfg: dict[str, Any] = cfg["postprocess"]["instance"]
         self.params = InstanceParams.from_config(self.pp_cfg)
         self.iou_thresholds: list[float] = list(cfg["evaluate"]["iou_thresholds"])
+        # the headline: F1 at IoU 0.5 when it is scored, else at the first threshold
+        key = threshold_key(0.5 if 0.5 in self.iou_thresholds else self.iou_thresholds[0])
+        self.main_metric, self.main_score = f"f1@{key}", f"pooled_f1@{key}"
+        self.main_score_name = f"F1 of the objects at IoU {key} (pooled over images)"
 
     # ------------------------------------------------------------------ training side
     def out_channels(self) -> int:
@@ -157,12 +163,26 @@ class InstanceTask(LabelImageTask):
     def tuning_file(self) -> str | None:
         return str(tuned_thresholds_path(self.cfg)) if self.pp_cfg["tuned"] else None
 
-    def write_side_outputs(self, paths: dict[str, str], output: np.ndarray, image: np.ndarray | None) -> None:
-        imageio.write_csv(paths["objects"], self.objects(output, image))
+    def write_side_outputs(self, paths: dict[str, str], output: np.ndarray, image: np.ndarray | None,
+                           prediction: np.ndarray | None = None) -> None:
+        score = self.score_map(prediction) if prediction is not None else None
+        imageio.write_csv(paths["objects"], self.objects(output, image, score))
 
-    def objects(self, labels: np.ndarray, image: np.ndarray | None = None) -> pd.DataFrame:
-        """Per-object table (label, size, centroid, bounding box, mean intensity when ``image`` is given)."""
-        return object_table(labels, image, self.voxel_size)
+    def objects(self, labels: np.ndarray, image: np.ndarray | None = None,
+                score: np.ndarray | None = None) -> pd.DataFrame:
+        """Per-object table (label, size, centroid, bounding box, mean intensity when ``image`` is
+        given, mean of the ``score`` map when given)."""
+        return object_table(labels, image, self.voxel_size, score)
+
+    def score_map(self, prediction: Any) -> np.ndarray:
+        """(Z)YX map whose mean over an object is its score: the foreground probability, else the
+        signed distance mapped from [-1, 1] to [0, 1], else the distance (all are highest inside
+        objects the network is sure of)."""
+        for name in ("foreground", "signed_distance", "distance"):
+            if name in self.channels:
+                channel = np.asarray(prediction[..., self.channels.index(name)], dtype=np.float32)
+                return (channel + 1) / 2 if name == "signed_distance" else channel
+        raise AssertionError("check_channels guarantees a foreground-like channel")
 
     # ------------------------------------------------------------------ threshold tuning
     def tune(self, predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -191,9 +211,23 @@ class InstanceTask(LabelImageTask):
                                    f"{gt.shape}")
         return matching_metrics(output, gt, self.iou_thresholds)
 
-    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
-        """Pooled figures (summed TP/FP/FN over images) and per-image means, per IoU threshold."""
-        return pd.DataFrame([summarize_matching(metrics, self.iou_thresholds)])
+    def details(self, output: np.ndarray, label: np.ndarray,
+                side: Mapping[str, str] | None = None) -> pd.DataFrame | None:
+        """``metrics/{image}_matches.csv``: each predicted object's score (from the object table,
+        ``side['objects']``) and IoU of its match, for the COCO AP of the data set (:mod:`.ranking`);
+        None without an object table (outputs scored outside the workflow have no scores)."""
+        path = (side or {}).get("objects")
+        if not path:
+            return None
+        return matches_table(np.asarray(output), prepare_labels(label), pd.read_csv(path))
+
+    def summarize(self, metrics: pd.DataFrame, details: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
+        """Pooled figures (summed TP/FP/FN over images) and per-image means, per IoU threshold;
+        with the matches of every image also COCO's AP at IoU 0.5:0.95, 0.5 and 0.75."""
+        row = summarize_matching(metrics, self.iou_thresholds)
+        if details:
+            row.update(coco_ap(metrics, details))
+        return pd.DataFrame([row])
 
     # ------------------------------------------------------------------ large images
     def segment_blocks(self, pred: Any, out: Any, blocks: list[Block], work: Path,
@@ -214,9 +248,10 @@ class InstanceTask(LabelImageTask):
                           self.postprocess_params(), self.voxel_size)
 
     def write_side_outputs_large(self, side: dict[str, str], labels: Any, blocks: list[Block], n: int,
-                                 image_path: str | None) -> None:
+                                 image_path: str | None, prediction: Any = None) -> None:
         image = open_raw(image_path, self.ndim, self.cfg["data"]["axes"], self.cfg["predict"]) if image_path else None
-        imageio.write_csv(side["objects"], object_table_blocks(labels, blocks, n, image, self.voxel_size))
+        score = (lambda region: self.score_map(prediction[region])) if prediction is not None else None
+        imageio.write_csv(side["objects"], object_table_blocks(labels, blocks, n, image, self.voxel_size, score))
 
     def score_blocks(self, pred: Any, gt: Any, blocks: list[Block], label_path: str | Path) -> dict[str, float]:
         return instance_metrics_blocks(pred, gt, blocks, self.iou_thresholds,

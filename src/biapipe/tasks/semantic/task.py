@@ -7,6 +7,7 @@ the ground truth at evaluation time, so training and scoring agree on what a cla
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not
     import torch
 
 from ...core import imageio
-from ...core.errors import InputError
+from ...core.errors import BiapipeError, InputError
 from ...data.blocks import Block
 from ..label_images import LabelImageTask
 from .large import semantic_blocks, semantic_metrics_blocks
@@ -32,6 +33,9 @@ class SemanticTask(LabelImageTask):
     name: ClassVar[str] = "semantic"
     output_dir: ClassVar[str] = "masks"
     large_label_dtype: ClassVar[Any] = np.uint8
+    main_metric = "foreground_iou"
+    main_score = "pooled_foreground_iou"
+    main_score_name = "foreground IoU (pooled over pixels)"
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -39,6 +43,13 @@ class SemanticTask(LabelImageTask):
         self.n_classes: int = int(targets["classes"])
         self.binarize: bool = bool(targets["binarize"])
         self.ignore_value: int | None = targets["ignore_value"]
+
+    @classmethod
+    def classes_config(cls, values: Sequence[str]) -> dict[str, Any]:
+        """``--classes K``: the number of classes."""
+        if len(values) != 1 or not str(values[0]).isdigit():
+            raise BiapipeError(f"--classes: the semantic workflow takes the number of classes, got {' '.join(values)}")
+        return {"targets": {"classes": int(values[0])}}
 
     # ------------------------------------------------------------------ training side
     def out_channels(self) -> int:
@@ -119,8 +130,14 @@ class SemanticTask(LabelImageTask):
             )
         return semantic_metrics(output, gt, self.n_classes, ignored if ignored.any() else None)
 
-    def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
+    def summarize(self, metrics: pd.DataFrame, details: pd.DataFrame | None = None) -> pd.DataFrame:
         return pd.DataFrame([summarize_semantic(metrics, self.n_classes)])
+
+    def display_truth(self, labels: np.ndarray) -> np.ndarray:
+        """Classes as scored (``targets.binarize``), ignored pixels as background."""
+        classes = self.class_map(labels)
+        classes[classes == IGNORE] = 0
+        return classes
 
     # ------------------------------------------------------------------ large images
     def segment_blocks(self, pred: Any, out: Any, blocks: list[Block], work: Path,

@@ -373,13 +373,14 @@ def test_3d_output_columns(tmp_path):
     assert pd.read_csv(tmp_path / "p.csv").columns.tolist() == ["z", "y", "x", "score", "class"]
 
 
-def test_write_details_next_to_metrics(tmp_path):
+def test_details_are_the_assignments_beside_the_metrics(tmp_path):
     task = get_task(make_cfg(evaluate={"detection": {"tolerance": 2.0}}))
     out = PointSet(pts([[1, 1], [9, 9]]), [0, 0], None, np.array([0.9, 0.8]))
     gt = PointSet(pts([[1, 2]]), [0], (16, 16))
-    task.write_details(tmp_path / "metrics" / "img.csv", out, gt)
-    table = pd.read_csv(tmp_path / "metrics" / "img_assignments.csv")
+    assert task.details_path(tmp_path / "metrics" / "img.csv") == tmp_path / "metrics" / "img_assignments.csv"
+    table = task.details(out, gt)
     assert table["status"].tolist() == ["tp", "fp"]
+    assert table["ap_match"].tolist() == [1.0, 0.0]
 
 
 def test_tuned_threshold_is_read_from_the_tuning_file(tmp_path):
