@@ -112,12 +112,14 @@ def test_png_dataset_passes_the_header_checks_and_prepares(tmp_path):
                            "train": {"patch_size": [16, 16], "val_fraction": 0.0}})
     ds = discover_dataset(cfg)
     assert sorted(s.id for s in ds.train) == ["a", "b", "c"]
-    assert check_dataset(ds, cfg, "image") == []  # no float images
+    shapes = check_dataset(ds, cfg, "image")  # the test images' headers, for the memory plan
+    assert {i: (tuple(shape), str(dtype)) for i, (shape, dtype) in shapes.items()} == {"t": ((32, 32, 3), "uint8")}
     from biapipe.tasks import get_task
 
     task = get_task(cfg)
-    sample = ds.by_id()["a"]
+    sample = {s.id: s for s in ds.train}["a"]
     stages.prepare(image=sample.image, label=sample.label, image_out=str(tmp_path / "n.zarr"),
-                   targets_out=str(tmp_path / "t.zarr"), task=task, axes=None, normalize=cfg["normalize"])
+                   targets_out=str(tmp_path / "t.zarr"), task=task, axes=None, normalize=cfg["normalize"],
+                   memory_gb=cfg["train"]["memory_gb"], patch_size=cfg["train"]["patch_size"])
     assert imageio.read_array(tmp_path / "n.zarr").shape == (32, 32, 3)
     assert int(imageio.read_array(tmp_path / "t.zarr").sum()) == 144
