@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,37 @@ def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -
     return hit
 
 
-def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_kind: str) -> np.dtype:
+#: A task's header check of one label file: (label, header shape, dtype, image, image (Z)YXC shape).
+LabelCheck = Callable[[str, tuple[int, ...], np.dtype, str, tuple[int, ...]], None]
+
+
+def image_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str, axes: str | None) -> tuple[int, ...]:
+    """Canonical (Z)YXC shape of an image, channels included, from its header."""
+    key = ("image+c", tuple(shape), np.dtype(dtype).str, ndim, axes)
+    hit = _CANONICAL.get(key)
+    if hit is None:
+        view = np.broadcast_to(np.zeros((), dtype=dtype), shape)
+        hit = _CANONICAL[key] = tuple(canonical_image(view, ndim, path, axes).shape)
+    return hit
+
+
+def check_label_image(label: str, header_shape: tuple[int, ...], dtype: np.dtype, image: str,
+                      spatial: tuple[int, ...], ndim: int) -> None:
+    """A label image must be integer-like and have its image's spatial shape."""
+    if np.dtype(dtype).kind not in "uifb":
+        raise InputError(label, f"unsupported label dtype {dtype}")
+    lab_shape = label_shape(header_shape, dtype, ndim, label)
+    if lab_shape != tuple(spatial):
+        raise InputError(label, f"label shape {lab_shape} does not match image {image} of shape {tuple(spatial)}")
+
+
+def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_kind: str,
+                 check_label: LabelCheck | None = None) -> np.dtype:
     """Header checks of one sample; returns the image dtype (float images need a pixel scan).
 
-    ``label_kind`` is the task's: ``image`` labels are checked against their image here,
-    ``table`` labels (points) when they are read, ``class`` labels (names) at discovery.
+    ``label_kind`` is the task's: ``image`` labels are checked against their image here (by
+    ``check_label``, the task's own check, when given), ``table`` labels (points) when they are
+    read, ``class`` labels (names) at discovery.
     """
     ndim = cfg["ndim"]
     shape, dtype = cache.get(sample.image)
@@ -113,13 +140,11 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
         return dtype  # whole images are resized, never padded
     if sample.label is not None and label_kind == "image":
         lshape, ldtype = cache.get(sample.label)
-        if ldtype.kind not in "uifb":
-            raise InputError(sample.label, f"unsupported label dtype {ldtype}")
-        lab_shape = label_shape(lshape, ldtype, ndim, sample.label)
-        if lab_shape != img_shape:
-            raise InputError(
-                sample.label, f"label shape {lab_shape} does not match image {sample.image} of shape {img_shape}"
-            )
+        full = image_shape(shape, dtype, ndim, sample.image, cfg["data"]["axes"])
+        if check_label is None:
+            check_label_image(sample.label, lshape, ldtype, sample.image, img_shape, ndim)
+        else:
+            check_label(sample.label, lshape, ldtype, sample.image, full)
     if sample.split in ("train", "val") and not cfg["train"]["pad"]:
         patch = tuple(cfg["train"]["patch_size"])
         if any(s < p for s, p in zip(img_shape, patch)):
@@ -130,14 +155,15 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_k
     return dtype
 
 
-def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str, cache_path: str | Path | None = None) -> list[str]:
+def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str, cache_path: str | Path | None = None,
+                  check_label: LabelCheck | None = None) -> list[str]:
     """Raise InputError for the first sample whose files are unusable; returns the ids of the
     float images, the only ones that can hold NaN/Inf (their pixels are scanned by a job)."""
     cache = ProbeCache(cache_path)
     floats = []
     try:
         for sample in ds.all():
-            if check_sample(sample, cfg, cache, label_kind).kind in "fc":
+            if check_sample(sample, cfg, cache, label_kind, check_label).kind in "fc":
                 floats.append(sample.id)
     finally:
         cache.save()

@@ -23,6 +23,7 @@ from ..core.errors import ConfigError, InputError
 from ..core.imageio import IMAGE_SUFFIXES
 from ..data.demo import demo_ids, make_demo_data
 from ..data.samples import Dataset, Sample, list_images, pair_split, split_validation
+from ..data.validate import check_label_image
 
 if TYPE_CHECKING:
     import torch
@@ -104,6 +105,28 @@ class Task:
         return self.cfg
 
     # ------------------------------------------------------------------ ground truth and targets
+    def check_label_header(self, label: str, header_shape: tuple[int, ...], dtype: np.dtype, image: str,
+                           image_shape: tuple[int, ...]) -> None:
+        """Parse-time check of one label file from its header (``header_shape``, ``dtype``)
+        against its image's canonical (Z)YXC ``image_shape``; raises InputError naming the file.
+        Default: a label image (``label_kind`` image) of the image's spatial shape."""
+        check_label_image(label, header_shape, dtype, image, image_shape[:-1], self.ndim)
+
+    def training_input(self, image: np.ndarray, image_id: str) -> np.ndarray:
+        """A raw training/validation image (Z)YXC -> the raw image the network learns from, in
+        the targets stage; itself by default (super-resolution from high-resolution images only
+        degrades it here)."""
+        return image
+
+    def network_input(self, image: Any) -> Any:
+        """A normalized (Z)YXC image (array or lazy view) -> what the network sees; itself by
+        default (super-resolution upsamples it to the output grid, lazily for large images)."""
+        return image
+
+    def network_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The (Z)YXC shape :meth:`network_input` gives an image of (Z)YXC ``shape`` (header only)."""
+        return tuple(int(s) for s in shape)
+
     def read_label(self, path: str | Path, image_shape: tuple[int, ...] | None) -> Any:
         """Read one ground-truth file for an image of spatial shape ``image_shape`` (unchecked
         when None); raises InputError naming ``path`` when it does not fit the image."""
@@ -168,6 +191,12 @@ class Task:
     def output_channel_names(self) -> list[str]:
         """Names of the stored prediction channels (exported models name them)."""
         return [f"channel_{c}" for c in range(self.out_channels())]
+
+    def for_model(self, meta: dict[str, Any]) -> Task:
+        """This task set up for the trained model whose checkpoint holds ``meta`` (its spec under
+        ``model``), e.g. with the target normalization a restoration model was trained with;
+        itself by default."""
+        return self
 
     def predict_whole(self, model_path: str | Path, image: np.ndarray, out_zarr: str | Path) -> None:
         """Whole-image tasks (``whole_image``): predict one normalized image into ``out_zarr``."""

@@ -90,7 +90,8 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     ds = discover_dataset(cfg)
     cfg = get_task(cfg).settled_config(ds)
     task = get_task(cfg)
-    floats = [] if cfg["data"]["demo"] else check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
+    floats = [] if cfg["data"]["demo"] else check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE,
+                                                          check_label=task.check_label_header)
     plan = Plan(cfg, task, ds, floats)
     if task.tuning_file() and not ds.val:
         raise ConfigError(f"postprocess.{cfg['workflow']}", "asks for tuned thresholds, which need validation "
@@ -112,15 +113,16 @@ def _plan_large(plan: Plan) -> None:
         if image_id not in pcfg["large_images"] and not pcfg["large_voxels"]:
             continue
         image = open_raw(path, cfg["ndim"], cfg["data"]["axes"], pcfg)
-        if not is_large(image.shape[:-1], image_id, pcfg):
+        shape = plan.task.network_shape(image.shape)  # the grid the network predicts on
+        if not is_large(shape[:-1], image_id, pcfg):
             continue
         plan.large_ids.append(image_id)
         if pcfg["split"] == 1:
             continue
         plan.split_ids.append(image_id)
-        plan.blocks[image_id] = [b.index for b in plan_for_shape(image.shape, plan.task.out_channels(), pcfg)[1]]
+        plan.blocks[image_id] = [b.index for b in plan_for_shape(shape, plan.task.out_channels(), pcfg)[1]]
         if plan.task.splits_segmentation:
-            plan.segment_blocks[image_id] = plan.task.segment_block_ids(image.shape)
+            plan.segment_blocks[image_id] = plan.task.segment_block_ids(shape)
 
 
 # --------------------------------------------------------------------------- rule parameters

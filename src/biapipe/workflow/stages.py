@@ -18,9 +18,11 @@ import pandas as pd
 
 from ..core import imageio
 from ..core.config import Section
+from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import open_lazy
 from ..data.normalize import check_finite, dataset_stats, normalize
+from ..data.normalize import normalize as normalize_image
 from ..data.validate import probe, spatial_shape
 from ..large.plan import is_block_prediction
 from ..tasks.base import Task
@@ -100,8 +102,12 @@ def normalize_stats(*, manifest: str, out: str, ndim: int, axes: str | None, nor
 @stage
 def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: Task, axes: str | None,
             normalize: dict[str, Any], stats: str | None = None) -> None:
-    """A training/validation image: its normalized copy and its targets, in one job."""
-    norm = normalized_image(image, task.ndim, axes, normalize, _stats(stats))
+    """A training/validation image: its normalized copy (as the network sees it: the task's
+    ``training_input`` and ``network_input``) and its targets, in one job."""
+    raw = task.training_input(imageio.read_image(image, task.ndim, axes), imageio.image_id(image))
+    check_finite(raw, image)
+    norm = np.asarray(task.network_input(normalize_image(raw, normalize, _stats(stats)).astype(np.float32,
+                                                                                                copy=False)))
     imageio.write_zarr(image_out, norm, chunks=zarr_chunks(norm.shape, task.ndim), attrs={"source": str(image)})
     truth = task.read_label(label, image_shape(image, task.ndim, axes))
     target = task.make_targets(truth, label)
@@ -139,8 +145,9 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
         cfg = task.cfg.replace(predict=pcfg)
         predict_large(model, image, out, task, cfg, _stats(stats))
         return
-    array = imageio.read_array(image) if normalized else normalized_image(image, task.ndim, axes, normalize,
-                                                                         _stats(stats))
+    # validation images were normalized (and given their network input) for training
+    array = imageio.read_array(image) if normalized else \
+        task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
     if task.whole_image:
         task.predict_whole(model, array, out)
         return
@@ -148,7 +155,11 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
     from ..inference.predictor import load_predictor
 
     predictor = load_predictor(model, pcfg["device"])
-    result = predict_image(predictor.model, array.astype(np.float32, copy=False), pcfg, task.activate,
+    if np.shape(array)[-1] != predictor.spec["in_channels"]:
+        raise InputError(image, f"has {np.shape(array)[-1]} channels but the model expects "
+                                f"{predictor.spec['in_channels']}")
+    trained = task.for_model(predictor.meta)
+    result = predict_image(predictor.model, np.asarray(array, dtype=np.float32), pcfg, trained.activate,
                            predictor.divisor, predictor.device)
     imageio.write_zarr(out, result.astype(np.float32, copy=False), chunks=zarr_chunks(result.shape, task.ndim),
                        attrs={"model": str(model), "mode": pcfg["mode"], "tile_size": list(pcfg["tile_size"]),
