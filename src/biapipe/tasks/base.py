@@ -123,9 +123,15 @@ class Task:
         default (super-resolution upsamples it to the output grid, lazily for large images)."""
         return image
 
+    def upsampling(self) -> tuple[int, ...] | None:
+        """Per (Z)YX axis, the factor by which :meth:`network_input` enlarges an image (an exported
+        model upsamples its input by it, with the same cubic kernel); None: not at all."""
+        return None
+
     def network_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The (Z)YXC shape :meth:`network_input` gives an image of (Z)YXC ``shape`` (header only)."""
-        return tuple(int(s) for s in shape)
+        factors = self.upsampling() or (1,) * (len(shape) - 1)
+        return tuple(int(s) * int(f) for s, f in zip(shape[:-1], factors)) + (int(shape[-1]),)
 
     def read_label(self, path: str | Path, image_shape: tuple[int, ...] | None) -> Any:
         """Read one ground-truth file for an image of spatial shape ``image_shape`` (unchecked

@@ -68,6 +68,16 @@ class _Sums:
                 "pearson_r": float(cov / np.sqrt(vp * vg)) if vp > 0 and vg > 0 else float("nan")}
 
 
+def _at_least(region: tuple[slice, ...], size: int, shape: Sequence[int]) -> tuple[slice, ...]:
+    """``region`` widened (inwards) to at least ``size`` voxels per axis, for the SSIM window."""
+    out = []
+    for sl, n in zip(region, shape):
+        missing = max(0, min(size, n) - (sl.stop - sl.start))
+        start = max(0, sl.start - missing)
+        out.append(slice(start, min(n, max(sl.stop, start + min(size, n)))))
+    return tuple(out)
+
+
 def metrics_blocks(output_path: str | Path, label_path: str | Path, ndim: int, axes: str | None,
                    names: Sequence[str], setting: Any, pcfg: dict[str, Any]) -> dict[str, float]:
     """:func:`biapipe.tasks.restoration.metrics.restoration_metrics` of a block-wise output."""
@@ -86,7 +96,7 @@ def metrics_blocks(output_path: str | Path, label_path: str | Path, ndim: int, a
     half = (win - 1) // 2
     sums = [_Sums() for _ in range(channels)]
     for block in blocks:
-        grown = block.grown((half,) * len(spatial), spatial)
+        grown = _at_least(block.grown((half,) * len(spatial), spatial), win, spatial)
         p_all = np.moveaxis(np.asarray(out[(slice(None), *grown)], dtype=np.float64), 0, -1)
         g_all = np.asarray(gt[grown], dtype=np.float64)
         core = tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(block.slices, grown))

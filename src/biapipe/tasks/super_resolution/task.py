@@ -82,8 +82,8 @@ class SuperResolutionTask(RestorationTask):
             return upsample(image, self.factors())
         return Upsampled(image, self.factors())
 
-    def network_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        return tuple(int(s) * f for s, f in zip(shape[:-1], self.factors())) + (int(shape[-1]),)
+    def upsampling(self) -> tuple[int, ...]:
+        return self.factors()
 
     def network_voxel_size(self) -> list[float] | None:
         vs = self.cfg["data"]["voxel_size"]
