@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not
     import torch
 
 from ...core.errors import ConfigError, InputError
-from ...data.samples import Dataset, Sample, pair_split
+from ...data.samples import Dataset, Sample, list_images, pair_split
 from ...data.validate import image_shape, probe
 from ..base import Task
 from .large import finish_blocks, metrics_blocks
@@ -244,6 +244,17 @@ class RestorationTask(Task):
 
     def summarize(self, metrics: pd.DataFrame) -> pd.DataFrame:
         return summarize_restoration(metrics)
+
+    def for_outputs(self, pred_dir: str | Path) -> RestorationTask:
+        """The task with as many channels as the outputs in ``pred_dir`` have (``biapipe evaluate``)."""
+        if self.section["channels"] is not None:
+            return self
+        outputs = list_images(pred_dir)
+        if not outputs:
+            raise InputError(pred_dir, "no restored images")
+        n = self.read_output(next(iter(outputs.values()))).shape[-1]
+        value = [f"channel_{c}" for c in range(n)] if isinstance(self.demo_channels(), list) else n
+        return self.__class__(self.cfg.with_value(f"targets.{self.name}.channels", value))
 
 
 def probe_shape(path: str, ndim: int, axes: str | None) -> tuple[int, ...]:

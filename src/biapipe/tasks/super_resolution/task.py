@@ -99,6 +99,13 @@ class SuperResolutionTask(RestorationTask):
                                    f"high-resolution ground truth {tuple(np.shape(label))}")
         return super().evaluate(output, label, path)
 
+    def demo_samples(self) -> list[Sample]:
+        """With ``degrade``, the demo's high-resolution targets are the training images (their own targets)."""
+        samples = super().demo_samples()
+        if not self.section["degrade"]:
+            return samples
+        return [s if s.split == "test" else Sample(s.id, s.label, s.label, s.split) for s in samples]
+
     def write_demo(self) -> None:
         d = self.cfg["data"]["demo"]
         super_resolution_demo(d["folder"], self.ndim, (d["n_train"], d["n_val"], d["n_test"]), d["size"],

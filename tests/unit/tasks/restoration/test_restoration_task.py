@@ -214,3 +214,22 @@ def test_noise2void_needs_no_targets_and_no_ssim(tmp_path: Path) -> None:
     assert ds.train[0].label == ds.train[0].image
     with pytest.raises(ConfigError, match="train.loss.ssim"):
         settled(config("denoising", tmp_path, targets={"denoising": {"mode": "noise2void"}}, train={"loss": {"ssim": 1}}))
+
+
+def test_evaluate_command_scores_two_folders(tmp_path: Path) -> None:
+    from biapipe.cli import main
+
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 255, (2, 24, 24)).astype(np.uint8)
+    pred = np.clip(gt + rng.normal(0, 5, gt.shape), 0, 255).astype(np.float32)
+    for i in range(2):
+        write_tif(tmp_path / "gt" / f"im{i}.tif", gt[i])
+        write_tif(tmp_path / "pred" / f"im{i}.tif", pred[i])
+    assert main(["evaluate", "--workflow", "denoising", "--pred", str(tmp_path / "pred"), "--gt",
+                 str(tmp_path / "gt"), "--out", str(tmp_path / "m.csv")]) == 0
+    import pandas as pd
+    from skimage.metrics import peak_signal_noise_ratio
+
+    table = pd.read_csv(tmp_path / "m.csv")
+    assert table.loc[0, "psnr"] == pytest.approx(peak_signal_noise_ratio(gt[0].astype(float), pred[0].astype(float),
+                                                                         data_range=255))
