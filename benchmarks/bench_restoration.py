@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--careamics-python", default="/work/venv-careamics/bin/python",
                         help="interpreter of a separate venv with careamics (skipped when absent)")
-    parser.add_argument("--only", nargs="*", default=None, help="subset: nlm careamics supervised n2n n2v sr isl")
+    parser.add_argument("--only", nargs="*", default=None, help="subset: nlm careamics (careamics_n2v, careamics_care) supervised n2n n2v sr isl")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -235,14 +235,15 @@ def main() -> None:
         work = Path(tmp)
         if want("nlm"):
             rows.append(row("denoise fov19", "scikit-image non-local means", non_local_means(), "no training"))
-        if want("careamics"):
+        for mode, name in (("n2v", "CAREamics N2V"), ("care", "CAREamics CARE (supervised)")):
+            if not (want("careamics") or want(f"careamics_{mode}")):
+                continue
             if not Path(args.careamics_python).exists():
-                missing = {"error": f"no CAREamics interpreter at {args.careamics_python}"}
-                rows += [row("denoise fov19", "CAREamics N2V", missing, ""), row("denoise fov19", "CAREamics CARE", missing, "")]
-            else:
-                for mode, name in (("n2v", "CAREamics N2V"), ("care", "CAREamics CARE (supervised)")):
-                    rows.append(row("denoise fov19", name, careamics_run(args.careamics_python, mode, args.minutes,
-                                                                          args.threads, work), budget))
+                rows.append(row("denoise fov19", name, {"error": f"no CAREamics interpreter at "
+                                                                 f"{args.careamics_python}"}, ""))
+                continue
+            rows.append(row("denoise fov19", name, careamics_run(args.careamics_python, mode, args.minutes,
+                                                                  args.threads, work), budget))
         test_image, test_truth = str(FMD / "images" / f"{TEST}.tif"), str(FMD / "targets" / f"{TEST}.tif")
         runs = [("supervised", "targets", "biapipe supervised"), ("noise2noise", "noisy_frame1", "biapipe Noise2Noise"),
                 ("noise2void", "images", "biapipe Noise2Void")]

@@ -82,7 +82,8 @@ def main() -> None:
     train_s = time.perf_counter() - start
     test = tifffile.imread(data / "images" / f"{args.test}.tif").astype(np.float32)
     start = time.perf_counter()
-    prediction = careamist.predict(test, axes="YX", tile_size=(256, 256), tile_overlap=(48, 48))
+    # one sample axis, as in training (CARE refuses axes without the sample axes of its targets)
+    prediction = careamist.predict(test[None], axes="SYX", tile_size=(256, 256), tile_overlap=(48, 48))
     predict_s = time.perf_counter() - start
     result = prediction[0] if isinstance(prediction, tuple) else prediction
     result = np.asarray(result[0] if isinstance(result, list) else result).squeeze()
