@@ -61,9 +61,9 @@ TEST, VAL = "fov19", ("fov17", "fov18")
 
 #: Shared by every biapipe run.
 BASE_TRAIN: dict[str, Any] = {
-    "model": {"arch": "unet", "depth": 3, "width": 32, "norm": "batch"},
-    "patch_size": [64, 64], "batch_size": 8, "patches_per_epoch": 128, "val_patches": 32,
-    "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.0001},
+    "model": {"arch": "unet", "depth": 3, "width": 16, "norm": "batch"},
+    "patch_size": [64, 64], "batch_size": 8, "patches_per_epoch": 64, "val_patches": 16,
+    "optimizer": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001},
     "scheduler": "cosine", "warmup_epochs": 1, "device": "cpu",
 }
 
