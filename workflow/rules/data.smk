@@ -5,8 +5,9 @@ if CFG["data"]["demo"]:
 
     rule demo_data:
         output:
-            [s.image for s in PLAN.ds.all()],
-            [s.label for s in PLAN.ds.all() if TASK.labels_are_files],
+            # once each: an image may be its own target (self-supervised denoising)
+            list(dict.fromkeys([s.image for s in PLAN.ds.all()] +
+                               [s.label for s in PLAN.ds.all() if TASK.labels_are_files and s.label])),
         params:
             demo=smk.rerun_key(CFG["data"]["demo"]),
             ndim=CFG["ndim"],

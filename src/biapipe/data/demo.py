@@ -266,15 +266,44 @@ def render_image(
     nuclei: list[Nucleus],
 ) -> np.ndarray:
     """Relative intensity -> blur -> photons (Poisson) -> camera counts (offset + Gaussian)."""
+    return add_camera_noise(rng, render_signal(rng, shape, labels, depth, nuclei))
+
+
+def render_signal(rng: np.random.Generator, shape: tuple[int, ...], labels: np.ndarray, depth: np.ndarray,
+                  nuclei: list[Nucleus]) -> np.ndarray:
+    """The noise-free relative intensity (blurred nuclei over the background), float32."""
     brightness = np.zeros(len(nuclei) + 1, dtype=np.float32)
     brightness[1:] = [n.brightness for n in nuclei]
     # Nuclei are a little brighter in the middle; a flat disc would be unrealistically easy.
     signal = brightness[labels] * (1.0 - 0.3 * depth)
     signal += _background(rng, shape)
-    signal = ndimage.gaussian_filter(signal, BLUR_SIGMA, mode="nearest")
+    return ndimage.gaussian_filter(signal, BLUR_SIGMA, mode="nearest")
+
+
+def add_camera_noise(rng: np.random.Generator, signal: np.ndarray) -> np.ndarray:
+    """A relative intensity as one camera frame: Poisson photons, offset and Gaussian read noise (uint16)."""
     photons = rng.poisson(np.maximum(signal, 0) * PEAK_PHOTONS).astype(np.float32)
-    counts = photons + CAMERA_OFFSET + rng.normal(0.0, READ_NOISE, size=shape).astype(np.float32)
+    counts = photons + CAMERA_OFFSET + rng.normal(0.0, READ_NOISE, size=signal.shape).astype(np.float32)
     return np.clip(np.round(counts), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def clean_counts(signal: np.ndarray) -> np.ndarray:
+    """The expected camera counts of a relative intensity (what averaging many frames gives), uint16."""
+    counts = np.maximum(signal, 0) * PEAK_PHOTONS + CAMERA_OFFSET
+    return np.clip(np.round(counts), 0, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def make_signal(ndim: int, size: int, seed: int, split: str = "train", index: int = 0
+                ) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """(the sample's generator after rendering, noise-free signal, labels) of the sample that
+    :func:`make_sample` draws: restoration demos degrade this signal their own ways."""
+    rng = _rng(seed, split, index)
+    shape = demo_shape(ndim, size)
+    nuclei = _place_nuclei(rng, shape)
+    labels, depth = render_labels(shape, nuclei)
+    labels, kept = relabel_consecutive(labels)
+    signal = render_signal(rng, shape, labels, depth, [nuclei[i - 1] for i in kept])
+    return rng, signal, labels
 
 
 def _background(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

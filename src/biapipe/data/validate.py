@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -145,12 +146,27 @@ def label_shape(shape: tuple[int, ...], dtype: np.dtype, ndim: int, path: str) -
     return hit
 
 
-def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache,
-                 label_kind: str) -> tuple[np.dtype, tuple[int, ...]]:
+#: A task's header check of one label file: (label, header shape, dtype, image, image (Z)YXC shape).
+LabelCheck = Callable[[str, tuple[int, ...], np.dtype, str, tuple[int, ...]], None]
+
+
+def check_label_image(label: str, header_shape: tuple[int, ...], dtype: np.dtype, image: str,
+                      spatial: tuple[int, ...], ndim: int) -> None:
+    """A label image must be integer-like and have its image's spatial shape."""
+    if np.dtype(dtype).kind not in "uifb":
+        raise InputError(label, f"unsupported label dtype {dtype}")
+    lab_shape = label_shape(header_shape, dtype, ndim, label)
+    if lab_shape != tuple(spatial):
+        raise InputError(label, f"label shape {lab_shape} does not match image {image} of shape {tuple(spatial)}")
+
+
+def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache, label_kind: str,
+                 check_label: LabelCheck | None = None) -> tuple[np.dtype, tuple[int, ...]]:
     """Header checks of one sample; returns the image dtype and its canonical (Z)YXC shape.
 
-    ``label_kind`` is the task's: ``image`` labels are checked against their image here,
-    ``table`` labels (points) when they are read, ``class`` labels (names) at discovery.
+    ``label_kind`` is the task's: ``image`` labels are checked against their image here (by
+    ``check_label``, the task's own check, when given), ``table`` labels (points) when they are
+    read, ``class`` labels (names) at discovery.
     """
     ndim = cfg["ndim"]
     check_2d(sample.image, ndim)
@@ -163,13 +179,10 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache,
     if sample.label is not None and label_kind == "image":
         check_2d(sample.label, ndim)
         lshape, ldtype = cache.get(sample.label)
-        if ldtype.kind not in "uifb":
-            raise InputError(sample.label, f"unsupported label dtype {ldtype}")
-        lab_shape = label_shape(lshape, ldtype, ndim, sample.label)
-        if lab_shape != img_shape:
-            raise InputError(
-                sample.label, f"label shape {lab_shape} does not match image {sample.image} of shape {img_shape}"
-            )
+        if check_label is None:
+            check_label_image(sample.label, lshape, ldtype, sample.image, img_shape, ndim)
+        else:
+            check_label(sample.label, lshape, ldtype, sample.image, full)
     if sample.split in ("train", "val") and not cfg["train"]["pad"]:
         patch = tuple(cfg["train"]["patch_size"])
         if any(s < p for s, p in zip(img_shape, patch)):
@@ -180,17 +193,18 @@ def check_sample(sample: Sample, cfg: dict[str, Any], cache: ProbeCache,
     return dtype, full
 
 
-def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str,
-                  cache_path: str | Path | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+def check_dataset(ds: Dataset, cfg: dict[str, Any], label_kind: str, cache_path: str | Path | None = None,
+                  check_label: LabelCheck | None = None) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Raise InputError for the first sample whose files are unusable (from headers: dtypes,
-    shapes, channels); returns the canonical (Z)YXC shape and dtype of every test image."""
+    shapes, channels; labels by the task's ``check_label`` when given); returns the canonical
+    (Z)YXC shape and dtype of every test image."""
     cache = ProbeCache(cache_path)
     cache.prefetch([p for s in ds.all() for p in (s.image, s.label) if p and (p == s.image or label_kind == "image")])
     tests: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
     first: tuple[Sample, int] | None = None
     try:
         for sample in ds.all():
-            dtype, shape = check_sample(sample, cfg, cache, label_kind)
+            dtype, shape = check_sample(sample, cfg, cache, label_kind, check_label)
             channels = shape[-1]
             if first is None:
                 first = (sample, channels)

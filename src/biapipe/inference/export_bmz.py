@@ -62,10 +62,14 @@ def _spec_module() -> Any:
 # --------------------------------------------------------------------------- model side
 
 
-def packaged(checkpoint: str | Path, activation: list[list[Any]]) -> tuple[nn.Module, dict[str, Any]]:
-    """(network with ``activation``, spec) of a checkpoint, in eval mode on CPU."""
+def packaged(checkpoint: str | Path, task: Any) -> tuple[nn.Module, dict[str, Any], list[list[Any]], Any]:
+    """(network with the task's activation, spec, activation, input upsampling) of a checkpoint,
+    in eval mode on CPU; the task is set up for the checkpoint (``Task.for_model``) first."""
     model, ckpt = load_checkpoint(checkpoint, "cpu")
-    return ActivatedNet(model, activation).eval(), dict(ckpt["model"])
+    trained = task.for_model({k: v for k, v in ckpt.items() if k != "state_dict"})
+    activation, upsample = trained.activation_spec(), trained.upsampling()
+    upsample = list(upsample) if upsample else None
+    return ActivatedNet(model, activation, upsample).eval(), dict(ckpt["model"]), activation, upsample
 
 
 # --------------------------------------------------------------------------- test data
@@ -159,8 +163,7 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
     a failed check raises BiapipeError with its summary.
     """
     _spec_module()
-    activation = task.activation_spec()
-    net, spec = packaged(checkpoint, activation)
+    net, spec, activation, upsample = packaged(checkpoint, task)
     ndim = int(spec["ndim"])
     raw = imageio.read_image(test_image, ndim, cfg["data"]["axes"])
     if raw.shape[-1] != spec["in_channels"]:
@@ -175,7 +178,7 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
     with tempfile.TemporaryDirectory(prefix="biapipe-bmz-") as tmp:
         staging = Path(tmp)
         _write_files(staging, net, spec, activation, raw_crop, y, x)
-        descr = _describe(staging, spec, activation, task, cfg, raw.dtype, stats_dict, div, y.shape,
+        descr = _describe(staging, spec, activation, upsample, task, cfg, raw.dtype, stats_dict, div, y.shape,
                           name or f"biapipe {cfg['workflow']} {cfg['experiment']}", description, authors, license)
         written = _save(descr, out)
     if validate:
@@ -222,7 +225,8 @@ def _readme(spec: dict[str, Any], activation: list[list[Any]]) -> str:
     )
 
 
-def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], task: Any, cfg: dict[str, Any],
+def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], upsample: list[int] | None,
+              task: Any, cfg: dict[str, Any],
               raw_dtype: np.dtype, stats: dict[str, Any] | None, div: Sequence[int], out_shape: Sequence[int],
               name: str, description: str | None, authors: Sequence[str], license: str) -> Any:
     from bioimageio.spec.model import v0_5 as bmz
@@ -235,8 +239,11 @@ def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], t
     in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=int(d), step=int(d)))
                 for a, d in zip(space, div)]
     out_axes = [bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in task.output_channel_names()])]
-    out_axes += [bmz.SpaceOutputAxis(id=bmz.AxisId(a), size=bmz.SizeReference(tensor_id=in_id, axis_id=bmz.AxisId(a)))
-                 for a in space]
+    # an input upsampled by f gives an output f times larger: its axis scale is 1/f of the input's
+    factors = upsample or [1] * ndim
+    out_axes += [bmz.SpaceOutputAxis(id=bmz.AxisId(a), scale=1.0 / f,
+                                     size=bmz.SizeReference(tensor_id=in_id, axis_id=bmz.AxisId(a)))
+                 for a, f in zip(space, factors)]
     torch_version = bmz.Version(torch.__version__.split("+")[0])
     return bmz.ModelDescr(
         name=name,
@@ -259,7 +266,8 @@ def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], t
                 source=folder / STATE_FILE, pytorch_version=torch_version,
                 architecture=bmz.ArchitectureFromFileDescr(
                     source=folder / ARCH_FILE, callable=bmz.Identifier("packaged_network"),
-                    kwargs={"spec": _plain(spec), "activation": _plain(activation)})),
+                    kwargs={"spec": _plain(spec), "activation": _plain(activation),
+                            "upsample": _plain(upsample)})),
             torchscript=bmz.TorchscriptWeightsDescr(source=folder / SCRIPT_FILE, pytorch_version=torch_version,
                                                     parent="pytorch_state_dict"),
         ),

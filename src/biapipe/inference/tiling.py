@@ -97,8 +97,29 @@ def tile_grid(
         raise ValueError(f"tile {tuple(tile_shape)} and image {shape} differ in dimensionality")
     divisors = _per_axis(divisor, len(shape))
     tile = tuple(round_up(min(t, s), d) for t, s, d in zip(tile_shape, shape, divisors, strict=True))
-    starts = tuple(tuple(axis_starts(s, t, overlap)) for s, t in zip(shape, tile, strict=True))
+    starts = tuple(tuple(aligned_starts(axis_starts(s, t, overlap), s, t, d))
+                   for s, t, d in zip(shape, tile, divisors, strict=True))
     return TileGrid(shape=shape, tile=tile, starts=starts)
+
+
+def aligned_starts(starts: Sequence[int], size: int, tile: int, divisor: int) -> list[int]:
+    """Tile starts moved onto the lattice of the whole image's own pooling grid.
+
+    A network that pools by ``divisor`` computes a pixel from the pooling cells it falls in;
+    a tile whose start is off that lattice pools other cells and disagrees with the whole
+    image. Whole-image prediction pads the image to a multiple of the divisor, centred, so the
+    lattice starts at ``-(padding // 2)``; the first tile moves down onto it, the last up
+    (sticking out by less than a divisor, reflect-padded like the whole image), the others to
+    the nearest point. Then tiled prediction equals whole-image prediction away from the
+    border wherever the trimmed overlap exceeds the network's reach.
+    """
+    if divisor <= 1 or len(starts) < 2:
+        return list(starts)
+    origin = -((round_up(size, divisor) - size) // 2)
+    moved = [origin + math.floor((starts[0] - origin) / divisor) * divisor]
+    moved += [origin + round((s - origin) / divisor) * divisor for s in starts[1:-1]]
+    moved.append(origin + math.ceil((starts[-1] - origin) / divisor) * divisor)
+    return sorted(set(moved))
 
 
 def _per_axis(value: int | Sequence[int], ndim: int) -> tuple[int, ...]:

@@ -41,13 +41,17 @@ class Predicted(Protocol):
 
     def activate(self, logits: torch.Tensor) -> torch.Tensor: ...
 
+    def network_input(self, image: Any) -> Any: ...
+
+    def for_model(self, meta: dict[str, Any]) -> Any: ...
+
 
 # --------------------------------------------------------------------------- prediction
 
 
 def _predictor(model_path: str | Path, image: Any, task: Predicted, pcfg: dict[str, Any]) -> BlockPredictor:
     loaded = load_predictor(model_path, pcfg["device"])
-    fn = batch_fn(loaded.model, task.activate, loaded.device, pcfg)
+    fn = batch_fn(loaded.model, task.for_model(loaded.meta).activate, loaded.device, pcfg)
     return BlockPredictor(image, fn, tile_size(pcfg, image.ndim - 1), float(pcfg["overlap"]), pcfg["blend"],
                           int(pcfg["batch_size"]), loaded.divisor, float(pcfg["trim"]))
 
@@ -65,7 +69,7 @@ def predict_large(model_path: str | Path, image_path: str | Path, out_zarr: str 
     """Predict one raw volume block by block into ``out_zarr`` (atomic), with a line per block
     in ``log``; returns the number of blocks."""
     pcfg = cfg["predict"]
-    image = open_normalized(image_path, cfg, stats)
+    image = task.network_input(open_normalized(image_path, cfg, stats))
     out_shape, blocks = plan_for_shape(image.shape, task.out_channels(), pcfg)
     predictor = _predictor(model_path, image, task, pcfg)
     with imageio.atomic_path(out_zarr) as tmp:
@@ -82,7 +86,7 @@ def prepare_prediction(image_path: str | Path, store: str | Path, task: Predicte
     statistics in its attributes (computed once, so every block job normalizes alike);
     returns the block indices."""
     pcfg = cfg["predict"]
-    image = open_normalized(image_path, cfg, stats)
+    image = task.network_input(open_normalized(image_path, cfg, stats))
     out_shape, blocks = plan_for_shape(image.shape, task.out_channels(), pcfg)
     with imageio.atomic_path(store) as tmp:
         create_prediction_store(tmp, out_shape, prediction_chunks(out_shape, image.ndim - 1, pcfg["chunks"]),
@@ -95,7 +99,7 @@ def predict_block_job(model_path: str | Path, image_path: str | Path, store: str
                       log: logging.Logger | None = None) -> None:
     """Predict some blocks of a volume into the shared store, then write ``marker``."""
     out = zarr.open_array(str(store), mode="r+")
-    image = open_normalized(image_path, cfg, dict(out.attrs)["normalize"])
+    image = task.network_input(open_normalized(image_path, cfg, dict(out.attrs)["normalize"]))
     _, blocks = plan_for_shape(image.shape, task.out_channels(), cfg["predict"])
     if len(blocks) != int(out.attrs["blocks"]):
         raise ConfigError("predict.memory_gb", f"{image_path}: the block plan ({len(blocks)} blocks) differs from the "

@@ -126,3 +126,32 @@ class UpBlock(nn.Module):
         if self.gate is not None:
             skip = self.gate(skip, x)
         return self.conv(torch.cat([x, skip], dim=1))
+
+
+class CubicUpsample(nn.Module):
+    """Upsampling by integer factors per spatial axis with cubic convolution (Keys, a = -0.75,
+    torch's bicubic), one axis at a time: the 2D result equals torch's bicubic, and 3D gets
+    the same kernel along z, which torch has no mode for.
+
+    Each 1D pass is a bicubic ``interpolate`` of a view with that axis as height and every
+    other spatial axis folded into the width, where a width factor of 1 is exactly the identity.
+    Borders repeat the edge pixel, so a region read with two input pixels of margin upsamples
+    exactly like the whole image (what block-wise prediction of large volumes relies on).
+    """
+
+    def __init__(self, factors: tuple[int, ...] | list[int]) -> None:
+        super().__init__()
+        self.factors = [int(f) for f in factors]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for axis, factor in enumerate(self.factors):
+            if factor == 1:
+                continue
+            dim = axis + 2
+            moved = x.movedim(dim, 2)
+            shape = moved.shape
+            flat = moved.reshape(shape[0], shape[1], shape[2], -1)
+            up = nn.functional.interpolate(flat, size=(shape[2] * factor, flat.shape[-1]), mode="bicubic",
+                                           align_corners=False)
+            x = up.reshape(shape[0], shape[1], shape[2] * factor, *shape[3:]).movedim(2, dim)
+        return x

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .layers import CubicUpsample
 from .registry import build_model
 
 #: Modules joined into the standalone architecture source, in dependency order.
@@ -31,22 +32,29 @@ class ActivatedNet(nn.Module):
     """A network followed by its task's activation, as one module for export.
 
     ``activation`` is one entry per output channel: ``["sigmoid"]`` or ``["sigmoid", offset]``
-    (a fixed logit offset added first), ``["clamp", low, high]`` or ``["identity"]``; or the
-    single entry ``["softmax"]`` over all channels. Consumers of an exported model then get
-    the same quantities ``biapipe predict`` stores.
+    (a fixed logit offset added first), ``["clamp", low, high]``, ``["affine", gain, offset]``
+    (``y * gain + offset``: a restoration model's output back in its targets' units) or
+    ``["identity"]``; or the single entry ``["softmax"]`` over all channels. ``upsample``
+    (per spatial axis) enlarges the input by cubic convolution first, as super-resolution
+    does. Consumers of an exported model then get the same quantities ``biapipe predict`` stores.
     """
 
-    def __init__(self, net: nn.Module, activation: list[list[Any]]) -> None:
+    def __init__(self, net: nn.Module, activation: list[list[Any]], upsample: list[int] | None = None) -> None:
         super().__init__()
         self.net = net
+        self.upsample = CubicUpsample(upsample) if upsample else None
         self.softmax = len(activation) == 1 and activation[0][0] == "softmax"
         kinds = [] if self.softmax else [a[0] for a in activation]
         self.sigmoid_mask = [k == "sigmoid" for k in kinds]
         self.offset = [float(a[1]) if a[0] == "sigmoid" and len(a) > 1 else 0.0 for a in activation] if kinds else []
         self.low = [float(a[1]) if a[0] == "clamp" else -math.inf for a in activation] if kinds else []
         self.high = [float(a[2]) if a[0] == "clamp" else math.inf for a in activation] if kinds else []
+        self.gain = [float(a[1]) if a[0] == "affine" else 1.0 for a in activation] if kinds else []
+        self.shift = [float(a[2]) if a[0] == "affine" else 0.0 for a in activation] if kinds else []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample is not None:
+            x = self.upsample(x)
         y = self.net(x)
         if self.softmax:
             return torch.softmax(y, dim=1)
@@ -56,13 +64,13 @@ class ActivatedNet(nn.Module):
             if self.sigmoid_mask[c]:
                 parts.append(torch.sigmoid(part + self.offset[c]))
             else:
-                parts.append(part.clamp(self.low[c], self.high[c]))
+                parts.append(part.clamp(self.low[c], self.high[c]) * self.gain[c] + self.shift[c])
         return torch.cat(parts, dim=1)
 
 
-def packaged_network(spec: dict[str, Any], activation: list[list[Any]]) -> nn.Module:
+def packaged_network(spec: dict[str, Any], activation: list[list[Any]], upsample: list[int] | None = None) -> nn.Module:
     """Entry point named in an exported model's rdf.yaml: the network plus its activation."""
-    return ActivatedNet(build_model(spec), activation)
+    return ActivatedNet(build_model(spec), activation, upsample)
 
 
 def standalone_source() -> str:

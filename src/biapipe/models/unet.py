@@ -30,8 +30,14 @@ class UNet(nn.Module):
 
     def __init__(self, ndim: int, in_channels: int, out_channels: int, depth: int = 3, width: int = 16,
                  norm: str = "batch", dropout: float = 0.0, arch: str = "unet",
-                 pool_z: Sequence[bool] | None = None) -> None:
+                 pool_z: Sequence[bool] | None = None, residual: bool = False) -> None:
         super().__init__()
+        if residual and in_channels != out_channels:
+            raise ConfigError("train.model", f"a residual U-Net needs as many outputs as inputs, got "
+                                             f"{in_channels} -> {out_channels}")
+        #: add the input to the output (restoration of an image into its own kind: the network
+        #: learns the correction, as CARE does)
+        self.residual = residual
         block = ResBlock if arch == "resunet" else ConvBlock
         factors = pool_factors(ndim, depth, pool_z)
         widths = [width * 2**level for level in range(depth + 1)]
@@ -51,6 +57,7 @@ class UNet(nn.Module):
         self.head = layer_classes(ndim)["conv"](widths[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = x
         skips = []
         for encoder, pool in zip(self.encoders, self.pools):
             x = encoder(x)
@@ -59,7 +66,7 @@ class UNet(nn.Module):
         x = self.bottleneck(x)
         for decoder, skip in zip(self.decoders, reversed(skips)):
             x = decoder(x, skip)
-        return self.head(x)
+        return self.head(x) + inputs if self.residual else self.head(x)
 
 
 def pool_factors(ndim: int, depth: int, pool_z: Sequence[bool] | None = None) -> list[tuple[int, ...]]:
@@ -121,4 +128,4 @@ def unet_spec(model: dict[str, Any], ndim: int, in_channels: int, out_channels: 
 def build_unet(spec: dict[str, Any]) -> UNet:
     return UNet(ndim=spec["ndim"], in_channels=spec["in_channels"], out_channels=spec["out_channels"],
                 depth=spec["depth"], width=spec["width"], norm=spec["norm"], dropout=float(spec["dropout"]),
-                arch=spec["arch"], pool_z=spec.get("pool_z"))
+                arch=spec["arch"], pool_z=spec.get("pool_z"), residual=bool(spec.get("residual", False)))

@@ -19,6 +19,9 @@ REGISTRY: dict[str, str] = {
     "instance": "instance.task:InstanceTask",
     "detection": "detection.task:DetectionTask",
     "classification": "classification.task:ClassificationTask",
+    "denoising": "denoising.task:DenoisingTask",
+    "super_resolution": "super_resolution.task:SuperResolutionTask",
+    "image_to_image": "image_to_image.task:ImageToImageTask",
 }
 
 

@@ -25,7 +25,7 @@ from ..data import display
 from ..data.demo import demo_ids, make_demo_data
 from ..data.lazy import open_lazy
 from ..data.samples import Dataset, Sample, list_images, pair_split, split_validation
-from ..data.validate import probe
+from ..data.validate import check_label_image, probe
 from .gallery import Picture, ReportImage, caption, pick_examples
 
 if TYPE_CHECKING:
@@ -58,6 +58,9 @@ class Task:
     #: bytes per voxel that post-processing of a whole image holds besides the prediction
     #: (what decides, with the prediction itself, whether an image fits ``predict.memory_gb``)
     postprocess_bytes_per_voxel: ClassVar[int] = 16
+    #: a training image too large to prepare whole is prepared block by block (the task's targets
+    #: come from label regions with :meth:`target_halo`); False: always whole
+    prepares_by_block: ClassVar[bool] = True
     #: large images split across jobs are also segmented by one job per block, then merged
     splits_segmentation: ClassVar[bool] = False
     #: experiment-level tables made from every test image's output: name -> file under results/{experiment}/
@@ -120,6 +123,34 @@ class Task:
         return self.cfg
 
     # ------------------------------------------------------------------ ground truth and targets
+    def check_label_header(self, label: str, header_shape: tuple[int, ...], dtype: np.dtype, image: str,
+                           image_shape: tuple[int, ...]) -> None:
+        """Parse-time check of one label file from its header (``header_shape``, ``dtype``)
+        against its image's canonical (Z)YXC ``image_shape``; raises InputError naming the file.
+        Default: a label image (``label_kind`` image) of the image's spatial shape."""
+        check_label_image(label, header_shape, dtype, image, image_shape[:-1], self.ndim)
+
+    def training_input(self, image: np.ndarray, image_id: str) -> np.ndarray:
+        """A raw training/validation image (Z)YXC -> the raw image the network learns from, in
+        the targets stage; itself by default (super-resolution from high-resolution images only
+        degrades it here)."""
+        return image
+
+    def network_input(self, image: Any) -> Any:
+        """A normalized (Z)YXC image (array or lazy view) -> what the network sees; itself by
+        default (super-resolution upsamples it to the output grid, lazily for large images)."""
+        return image
+
+    def upsampling(self) -> tuple[int, ...] | None:
+        """Per (Z)YX axis, the factor by which :meth:`network_input` enlarges an image (an exported
+        model upsamples its input by it, with the same cubic kernel); None: not at all."""
+        return None
+
+    def network_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The (Z)YXC shape :meth:`network_input` gives an image of (Z)YXC ``shape`` (header only)."""
+        factors = self.upsampling() or (1,) * (len(shape) - 1)
+        return tuple(int(s) * int(f) for s, f in zip(shape[:-1], factors)) + (int(shape[-1]),)
+
     def read_label(self, path: str | Path, image_shape: tuple[int, ...] | None) -> Any:
         """Read one ground-truth file for an image of spatial shape ``image_shape`` (unchecked
         when None); raises InputError naming ``path`` when it does not fit the image."""
@@ -201,6 +232,12 @@ class Task:
     def output_channel_names(self) -> list[str]:
         """Names of the stored prediction channels (exported models name them)."""
         return [f"channel_{c}" for c in range(self.out_channels())]
+
+    def for_model(self, meta: dict[str, Any]) -> Task:
+        """This task set up for the trained model whose checkpoint holds ``meta`` (its spec under
+        ``model``), e.g. with the target normalization a restoration model was trained with;
+        itself by default."""
+        return self
 
     def predict_whole(self, predictor: Any, image: np.ndarray) -> np.ndarray:
         """Whole-image tasks (``whole_image``): the prediction of one normalized image by a loaded

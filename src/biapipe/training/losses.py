@@ -159,3 +159,76 @@ class OffsetLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.inner(logits + self.offset, target)
+
+
+# --------------------------------------------------------------------------- restoration
+
+#: SSIM constants for data in a unit range (Wang et al., 2004): K1 = 0.01, K2 = 0.03.
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
+#: Gaussian window of SSIM: sigma 1.5 pixels, truncated at 3.5 sigma (an 11-pixel window).
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5
+
+
+def _gaussian_filter(x: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Separable Gaussian smoothing of N,C,(Z)YX per channel, valid part only (no padding:
+    SSIM is averaged where the window fits, like scikit-image's)."""
+    ndim = x.ndim - 2
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    conv = (F.conv2d, F.conv3d)[ndim - 2]
+    for axis in range(ndim):
+        shape = [channels, 1] + [1] * ndim
+        shape[2 + axis] = kernel.numel()
+        x = conv(x, kernel.reshape(shape), groups=channels)
+    return x
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, sigma: float = SSIM_SIGMA, radius: int = SSIM_RADIUS) -> torch.Tensor:
+    """SSIM per pixel and channel of two N,C,(Z)YX tensors in a unit range (Gaussian window).
+    An axis shorter than the window (thin 3D patches) uses a window cut to its length."""
+    radius = min([radius] + [(n - 1) // 2 for n in x.shape[2:]])
+    blur = lambda t: _gaussian_filter(t, sigma, radius)  # noqa: E731
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    return ((2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2)) / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+
+
+class RestorationLoss(nn.Module):
+    """``l1 * MAE + l2 * MSE + ssim * (1 - SSIM)`` of a restored image against its target, both
+    in the normalized target units (so the weights mean the same for any dataset).
+
+    With ``masked`` the target carries one more channel, a 0/1 mask of the pixels that are
+    scored (Noise2Void's blind spots): MAE and MSE are then means over those pixels only, and
+    SSIM, which needs whole neighbourhoods, is not allowed.
+    """
+
+    def __init__(self, l1: float = 0.0, l2: float = 1.0, ssim: float = 0.0, masked: bool = False) -> None:
+        super().__init__()
+        if l1 <= 0 and l2 <= 0 and ssim <= 0:
+            raise ValueError("a restoration loss needs a positive weight for l1, l2 or ssim")
+        if masked and ssim > 0:
+            raise ValueError("SSIM cannot score single masked pixels; set its weight to 0")
+        self.l1, self.l2, self.ssim, self.masked = float(l1), float(l2), float(ssim), bool(masked)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.to(pred.dtype)
+        if self.masked:
+            target, mask = target[:, :-1], target[:, -1:]
+            if target.shape != pred.shape:
+                raise ValueError(f"prediction {tuple(pred.shape)} and masked target {tuple(target.shape)} differ")
+            weight = mask.expand_as(pred)
+            count = weight.sum().clamp_min(1.0)
+            diff = (pred - target) * weight
+            return (self.l1 * diff.abs().sum() + self.l2 * (diff * diff).sum()) / count
+        if target.shape != pred.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        total = pred.new_zeros(())
+        if self.l1:
+            total = total + self.l1 * F.l1_loss(pred, target)
+        if self.l2:
+            total = total + self.l2 * F.mse_loss(pred, target)
+        if self.ssim:
+            total = total + self.ssim * (1 - ssim_map(pred, target).mean())
+        return total

@@ -97,7 +97,8 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     task = get_task(cfg)
     plan = Plan(cfg, task, ds)
     if not cfg["data"]["demo"]:
-        plan.headers = check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE)
+        plan.headers = check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE,
+                                     check_label=task.check_label_header)
     if task.tuning_file() and not ds.val:
         raise ConfigError(f"postprocess.{cfg['workflow']}", "asks for tuned thresholds, which need validation "
                                                             "images (data.val or train.val_fraction > 0)")
@@ -117,28 +118,31 @@ def _plan_large(plan: Plan) -> None:
     for image_id in plan.ids("test"):
         path = plan.test_samples[image_id].image
         header = plan.headers.get(image_id)
-        need = whole_image_bytes(*header, task.out_channels(), task.postprocess_bytes_per_voxel) if header else 0
+        # the grid the network predicts on (a super-resolution output is larger than its input)
+        need = (whole_image_bytes(task.network_shape(header[0]), header[1], task.out_channels(),
+                                  task.postprocess_bytes_per_voxel) if header else 0)
         if image_id in pcfg["whole_images"]:
             continue
         if need > budget:
             why = f"about {need / 2**30:.2f} GB whole, over predict.memory_gb = {pcfg['memory_gb']:g}"
         elif image_id in pcfg["large_images"]:
             why = "listed in predict.large_images"
-        elif header and is_large(header[0][:-1], image_id, pcfg):
+        elif header and is_large(task.network_shape(header[0])[:-1], image_id, pcfg):
             why = f"at least predict.large_voxels = {pcfg['large_voxels']} voxels"
-        elif not header and pcfg["large_voxels"] and is_large(_shape(path, cfg)[:-1], image_id, pcfg):
+        elif not header and pcfg["large_voxels"] and is_large(task.network_shape(_shape(path, cfg))[:-1], image_id, pcfg):
             why = f"at least predict.large_voxels = {pcfg['large_voxels']} voxels"
         else:
             continue
         image = open_raw(path, cfg["ndim"], cfg["data"]["axes"], pcfg)
+        shape = task.network_shape(image.shape)
         plan.large_ids.append(image_id)
         plan.routing.append(f"{image_id} {'x'.join(map(str, image.shape[:-1]))} goes block by block: {why}")
         if pcfg["split"] == 1:
             continue
         plan.split_ids.append(image_id)
-        plan.blocks[image_id] = [b.index for b in plan_for_shape(image.shape, plan.task.out_channels(), pcfg)[1]]
+        plan.blocks[image_id] = [b.index for b in plan_for_shape(shape, plan.task.out_channels(), pcfg)[1]]
         if plan.task.splits_segmentation:
-            plan.segment_blocks[image_id] = plan.task.segment_block_ids(image.shape)
+            plan.segment_blocks[image_id] = plan.task.segment_block_ids(shape)
 
 
 # --------------------------------------------------------------------------- batches

@@ -42,8 +42,13 @@ def zarr_chunks(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
 def normalized_image(image: str, ndim: int, axes: str | None, cfg_normalize: dict[str, Any],
                      stats: dict[str, Any] | None = None) -> np.ndarray:
     """A raw image read in canonical axes, checked for NaN/Inf and normalized (float32)."""
-    img = imageio.read_image(image, ndim, axes)
-    check_finite(img, image)
+    return normalized_array(imageio.read_image(image, ndim, axes), image, cfg_normalize, stats)
+
+
+def normalized_array(img: np.ndarray, path: str, cfg_normalize: dict[str, Any],
+                     stats: dict[str, Any] | None = None) -> np.ndarray:
+    """A raw (Z)YXC array from ``path``, checked for NaN/Inf and normalized (float32)."""
+    check_finite(img, path)
     return normalize(img, cfg_normalize, stats).astype(np.float32, copy=False)
 
 
@@ -112,14 +117,16 @@ def normalize_stats(*, manifest: str, out: str, ndim: int, axes: str | None, nor
 @stage
 def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: Task, axes: str | None,
             normalize: dict[str, Any], memory_gb: float, patch_size: Sequence[int], stats: str | None = None) -> None:
-    """A training/validation image: its normalized copy and its targets, in one job; block by
-    block when preparing it whole would not fit ``memory_gb``, then stored in chunks that training
-    reads patch by patch (data/sources.py)."""
-    if not fits(image, task.ndim, axes, memory_gb):
+    """A training/validation image: its normalized copy (as the network sees it: the task's
+    ``training_input`` and ``network_input``) and its targets, in one job; block by block when
+    preparing it whole would not fit ``memory_gb`` (tasks that prepare by block), then stored in
+    chunks that training reads patch by patch (data/sources.py)."""
+    if task.prepares_by_block and not fits(image, task.ndim, axes, memory_gb):
         prepare_blockwise(image, label, image_out, targets_out, task, axes, normalize, _stats(stats), memory_gb,
                           lambda shape: index_chunks(shape[:-1], patch_size) + tuple(shape[-1:]))
         return
-    norm = normalized_image(image, task.ndim, axes, normalize, _stats(stats))
+    raw = task.training_input(imageio.read_image(image, task.ndim, axes), imageio.image_id(image))
+    norm = np.asarray(task.network_input(normalized_array(raw, image, normalize, _stats(stats))))
     imageio.write_zarr(image_out, norm, chunks=zarr_chunks(norm.shape, task.ndim), attrs={"source": str(image)})
     truth = task.read_label(label, image_shape(image, task.ndim, axes))
     target = task.make_targets(truth, label)
@@ -166,8 +173,9 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
         cfg = task.cfg.replace(predict=pcfg)
         predict_large(model, image, out, task, cfg, _stats(stats), log=logger)
         return
-    array = imageio.read_array(image) if normalized else normalized_image(image, task.ndim, axes, normalize,
-                                                                         _stats(stats))
+    # validation images were normalized (and given their network input) for training
+    array = imageio.read_array(image) if normalized else \
+        task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
     _write_prediction(out, _predict_array(model, image, array, task, pcfg), task, model, pcfg)
 
 
@@ -183,7 +191,7 @@ def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], mar
     pcfg, stats_dict = with_threads(predict, threads), _stats(stats)
 
     def load(path: str) -> np.ndarray:
-        return normalized_image(path, task.ndim, axes, normalize, stats_dict)
+        return np.asarray(task.network_input(normalized_image(path, task.ndim, axes, normalize, stats_dict)))
 
     with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer:
@@ -210,7 +218,8 @@ def _predict_array(model: str, image: str, array: np.ndarray, task: Task, pcfg: 
         raise InputError(image, f"has {array.shape[-1]} channel(s) but the model {model} expects {expected}")
     if task.whole_image:
         return task.predict_whole(predictor, array)
-    return predict_image(predictor.model, array.astype(np.float32, copy=False), pcfg, task.activate,
+    trained = task.for_model(predictor.meta)
+    return predict_image(predictor.model, np.asarray(array, dtype=np.float32), pcfg, trained.activate,
                          predictor.divisor, predictor.device)
 
 

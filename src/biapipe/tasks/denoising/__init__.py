@@ -1,0 +1,1 @@
+"""The denoising workflow (task.py: its Task)."""

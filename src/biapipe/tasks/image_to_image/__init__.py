@@ -1,0 +1,1 @@
+"""The image-to-image workflow (task.py: its Task)."""

@@ -1,0 +1,1 @@
+"""The super-resolution workflow (task.py: its Task)."""

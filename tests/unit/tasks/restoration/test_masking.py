@@ -1,0 +1,95 @@
+"""Noise2Void blind spots: the network never sees a masked pixel's value, and the loss scores
+only masked pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biapipe.tasks.restoration.data import BlindSpotPatches
+from biapipe.tasks.restoration.masking import blind_spot, grid_positions
+from biapipe.training.losses import RestorationLoss
+
+SETTINGS = {"mask_fraction": 0.02, "mask_radius": 2, "replace": "neighbour", "structured": None}
+
+
+class _Patches:
+    """A stand-in patch dataset: item i is a fixed random patch, its own target."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.images = [np.random.default_rng(i).normal(size=shape).astype(np.float32) for i in range(3)]
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(self.images[i].copy())
+        return t, t.clone()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+@pytest.mark.parametrize("replace", ["neighbour", "median"])
+@pytest.mark.parametrize("shape", [(2, 40, 40), (1, 8, 24, 24)])
+def test_the_network_input_does_not_depend_on_masked_pixels(replace: str, shape: tuple[int, ...]) -> None:
+    """Change every masked pixel of a patch: the network input must not change at all (so no
+    blind spot's value reaches the network, through itself or another blind spot)."""
+    inner = _Patches(shape)
+    data = BlindSpotPatches(inner, {**SETTINGS, "replace": replace}, seed=4, stream=11)
+    data.set_epoch(2)
+    x, y = data[1]
+    mask = y[-1].numpy().astype(bool)
+    assert mask.sum() >= 3
+    original = inner.images[1].copy()
+    inner.images[1][:, mask] += 100.0  # what the network must not see
+    x2, y2 = data[1]
+    assert torch.equal(x, x2)
+    # the target still holds the true (changed) values at the masked pixels: that is what is scored
+    assert torch.allclose(y2[:-1][:, torch.from_numpy(mask)], torch.from_numpy(inner.images[1][:, mask]))
+    # the check would fail without masking: the plain patch changes where the mask is
+    assert not np.array_equal(original, inner.images[1])
+
+
+def test_structured_masks_also_hide_the_pixels_along_x() -> None:
+    image = np.random.default_rng(0).normal(size=(1, 32, 32)).astype(np.float32)
+    masked, mask = blind_spot(image, (1, 2, 3), 0.02, 2, "neighbour", structured=2)
+    points = np.argwhere(mask[0] > 0)
+    changed = masked[0] != image[0]
+    for y, x in points:
+        for dx in (-2, -1, 1, 2):
+            if 0 <= x + dx < 32:
+                assert changed[y, x + dx] or masked[0, y, x + dx] == image[0, y, x + dx]
+    # a change of the pixels next to a blind spot along X does not reach the input either
+    image2 = image.copy()
+    for y, x in points:
+        image2[0, y, max(0, x - 2):x + 3] += 50
+    assert np.array_equal(blind_spot(image2, (1, 2, 3), 0.02, 2, "neighbour", structured=2)[0], masked)
+
+
+def test_median_replacement_is_the_median_of_the_visible_neighbourhood() -> None:
+    image = np.arange(49, dtype=np.float32).reshape(1, 7, 7) ** 2
+    masked, mask = blind_spot(image, (0,), 1 / 49, 1, "median")  # one cell: one blind spot
+    (y, x), = np.argwhere(mask[0] > 0)
+    window = image[0, max(y - 1, 0):y + 2, max(x - 1, 0):x + 2].ravel()
+    neighbours = window[window != image[0, y, x]]
+    assert masked[0, y, x] == np.median(neighbours)
+
+
+def test_blind_spots_are_spread_one_per_grid_cell() -> None:
+    points = grid_positions((40, 40), 1 / 100, np.random.default_rng(0))  # cells of 10 x 10
+    assert len(points) == 16
+    assert sorted({(int(y) // 10, int(x) // 10) for y, x in points}) == [(a, b) for a in range(4) for b in range(4)]
+
+
+def test_masked_loss_scores_only_the_masked_pixels() -> None:
+    pred = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]], [[1.0, 0.0], [0.0, 1.0]]]])  # values, then the mask
+    l2 = RestorationLoss(l1=0.0, l2=1.0, masked=True)(pred, target)
+    l1 = RestorationLoss(l1=1.0, l2=0.0, masked=True)(pred, target)
+    assert float(l2) == pytest.approx((1 + 16) / 2)
+    assert float(l1) == pytest.approx((1 + 4) / 2)
+    with pytest.raises(ValueError, match="SSIM"):
+        RestorationLoss(ssim=1.0, masked=True)
