@@ -22,6 +22,7 @@ from ..core import imageio
 from ..core.errors import ConfigError
 from ..core.progress import Progress
 from ..data.lazy import NormalizedImage, lazy_stats
+from ..data.normalize import fixed_stats
 from ..inference.predict import batch_fn, tile_size
 from ..inference.predictor import load_predictor
 from .plan import memory_bytes, plan_for_shape
@@ -56,7 +57,7 @@ def open_normalized(image_path: str | Path, cfg: dict[str, Any], stats: dict[str
     """The raw image normalized tile by tile; ``stats`` (dataset scope) or its own, read by blocks."""
     image = open_raw(image_path, cfg["ndim"], cfg["data"]["axes"], cfg["predict"])
     if stats is None:
-        stats = lazy_stats(image, cfg["normalize"], memory_bytes(cfg["predict"]))
+        stats = fixed_stats(cfg["normalize"]) or lazy_stats(image, cfg["normalize"], memory_bytes(cfg["predict"]))
     return NormalizedImage(image, cfg["normalize"], stats)
 
 

@@ -236,6 +236,12 @@ class Task:
         """Search post-processing thresholds on validation predictions; write them to ``out_json``."""
         raise NotImplementedError(f"the {self.name} workflow has no threshold tuning")
 
+    def tuned_postprocess(self, tuned: dict[str, Any]) -> dict[str, Any]:
+        """The ``postprocess`` keys that the contents of a tuning file (as :meth:`tune_files` wrote
+        it, and a model carries it) stand for, with tuning off: how a run that predicts with the
+        model uses them (``tasks.from_model``)."""
+        raise ConfigError(f"postprocess.{self.name}", "has no tuned thresholds")
+
     # ------------------------------------------------------------------ large images (block by block)
     def postprocess_large(self, pred_zarr: str | Path, out_path: str | Path, side: dict[str, str] | None,
                           image_path: str | None, segmented: tuple[str, list[str]] | None) -> None:

@@ -31,6 +31,7 @@ from ..core.progress import Progress
 from ..data.augment import Augmenter, write_augment_samples
 from ..data.patches import seed_entropy
 from ..data.sources import PathPair
+from ..models.info import model_meta
 from ..models.registry import build_model, count_parameters
 from .outputs import HISTORY_COLUMNS, monitored_row, write_outputs
 from .runtime import memory_format, resolve_amp, seed_everything, torch_settings
@@ -220,7 +221,7 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
         best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
             if run.state.history else (math.nan, math.nan)
         if finished and main:
-            write_outputs(out_dir, run, spec, task.name, monitor)
+            write_outputs(out_dir, run, spec, task.name, monitor, model_meta(cfg))
             resume_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 resume_path.parent.rmdir()

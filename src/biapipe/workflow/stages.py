@@ -131,11 +131,15 @@ def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: T
 
 @stage
 def train(*, manifest: str, model_dir: str, cfg: dict[str, Any], task: Task, threads: int | None = None,
-          logger: logging.Logger) -> None:
+          stats: str | None = None, logger: logging.Logger) -> None:
     """Check the test data, then train. The test images are read here, in the train job, rather
     than by a job of their own that training waits for: such a job would make every later change
-    of a test image retrain the model (docs/architecture.md, "bad input before compute")."""
+    of a test image retrain the model (docs/architecture.md, "bad input before compute").
+    Dataset statistics (``stats``) go into the config, which the checkpoint records."""
     from ..training.launch import train as run_training
+
+    if stats:
+        cfg = cfg.with_value("normalize.stats", imageio.read_json(stats))
 
     plan = make_plan(cfg, ".")
     ids = plan.ids("test")
@@ -320,6 +324,14 @@ def write_metrics(task: Task, output: Any, label: str | None, out_csv: str, imag
 @stage
 def tune(*, predictions: Sequence[str], labels: Sequence[str], out: str, task: Task) -> None:
     task.tune_files(list(predictions), list(labels), out)
+
+
+@stage
+def package_model(*, checkpoint: str, tuning: str | None, out: str) -> None:
+    """The experiment's model in one file: the checkpoint with the tuned thresholds."""
+    from ..models.checkpoint import package_checkpoint
+
+    package_checkpoint(checkpoint, imageio.read_json(tuning) if tuning else None, out)
 
 
 @stage

@@ -242,6 +242,9 @@ class DetectionTask(Task):
         """The tuning JSON when ``postprocess.detection.threshold`` is 'tuned' (the workflow then tunes first)."""
         return str(tuned_threshold_path(self.cfg)) if self.params.threshold == "tuned" else None
 
+    def tuned_postprocess(self, tuned: dict[str, Any]) -> dict[str, Any]:
+        return {"detection": {"threshold": float(tuned["threshold"])}}
+
     def tune(self, predictions: Sequence[np.ndarray], labels: Sequence[PointSet]) -> dict[str, Any]:
         """Peak threshold maximising F1 on validation predictions (activated, (Z)YXC)."""
         return tune_detection_threshold(predictions, labels, self.cfg)
