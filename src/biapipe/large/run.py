@@ -48,7 +48,7 @@ class Predicted(Protocol):
 
 def _predictor(model_path: str | Path, image: Any, task: Predicted, pcfg: dict[str, Any]) -> BlockPredictor:
     loaded = load_predictor(model_path, pcfg["device"])
-    fn = batch_fn(loaded.model, task.activate, loaded.device, pcfg)
+    fn = batch_fn(loaded.model, loaded.activation(task.activate), loaded.device, pcfg)
     return BlockPredictor(image, fn, tile_size(pcfg, image.ndim - 1), float(pcfg["overlap"]), pcfg["blend"],
                           int(pcfg["batch_size"]), loaded.divisor, float(pcfg["trim"]))
 

@@ -214,8 +214,8 @@ def _predict_array(model: str, image: str, array: np.ndarray, task: Task, pcfg: 
         raise InputError(image, f"has {array.shape[-1]} channel(s) but the model {model} expects {expected}")
     if task.whole_image:
         return task.predict_whole(predictor, array)
-    return predict_image(predictor.model, array.astype(np.float32, copy=False), pcfg, task.activate,
-                         predictor.divisor, predictor.device)
+    return predict_image(predictor.model, array.astype(np.float32, copy=False), pcfg,
+                         predictor.activation(task.activate), predictor.divisor, predictor.device)
 
 
 def _write_prediction(out: str, result: np.ndarray, task: Task, model: str, pcfg: Section) -> None:
