@@ -32,8 +32,9 @@ from torch import nn
 
 from ..core import imageio
 from ..core.errors import BiapipeError, ConfigError, InputError
-from ..data.normalize import dtype_scale, normalize
+from ..data.normalize import dtype_scale, fixed_stats, normalize
 from ..models.checkpoint import load_checkpoint
+from ..models.info import checkpoint_header, model_meta
 from ..models.packaged import ActivatedNet, standalone_source
 from ..models.registry import divisor_per_axis
 
@@ -165,7 +166,7 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
     raw = imageio.read_image(test_image, ndim, cfg["data"]["axes"])
     if raw.shape[-1] != spec["in_channels"]:
         raise InputError(test_image, f"has {raw.shape[-1]} channels but the model expects {spec['in_channels']}")
-    stats_dict = imageio.read_json(stats) if stats else None
+    stats_dict = (imageio.read_json(stats) if stats else None) or fixed_stats(cfg["normalize"])
     div = divisor_per_axis(spec)
     raw_crop = test_crop(raw, div)
     x = torch.from_numpy(np.moveaxis(normalize(raw_crop, cfg["normalize"], stats_dict), -1, 0)[None].copy())
@@ -177,6 +178,7 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
         _write_files(staging, net, spec, activation, raw_crop, y, x)
         descr = _describe(staging, spec, activation, task, cfg, raw.dtype, stats_dict, div, y.shape,
                           name or f"biapipe {cfg['workflow']} {cfg['experiment']}", description, authors, license)
+        descr = descr.model_copy(update={"config": _config(descr, checkpoint, cfg, spec, stats_dict)})
         written = _save(descr, out)
     if validate:
         check_package(written)
@@ -264,6 +266,20 @@ def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], t
                                                     parent="pytorch_state_dict"),
         ),
     )
+
+
+def _config(descr: Any, checkpoint: str | Path, cfg: dict[str, Any], spec: dict[str, Any],
+            stats: dict[str, Any] | None) -> Any:
+    """The package's ``config.biapipe``: what biapipe needs to predict with the package as with the
+    checkpoint (``models.rdf``): the network spec, the experiment's config sections with the
+    normalization statistics, and the tuned post-processing thresholds the checkpoint carries."""
+    from .. import __version__
+
+    config = model_meta(cfg)
+    if stats is not None and cfg["normalize"]["scope"] == "dataset":
+        config["normalize"]["stats"] = {k: v for k, v in stats.items() if k not in ("method", "per_channel")}
+    record = {"version": __version__, "spec": spec, "config": config, "tuned": checkpoint_header(checkpoint).get("tuned")}
+    return descr.config.model_copy(update={"biapipe": _plain(record)})
 
 
 def _plain(value: Any) -> Any:

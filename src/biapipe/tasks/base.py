@@ -222,6 +222,11 @@ class Task:
     def read_output(self, path: str | Path) -> Any:
         raise NotImplementedError
 
+    def output_value(self, output: Any) -> Any:
+        """What ``biapipe.predict`` returns for a post-processed output: the output itself by
+        default (masks, label images), a table where the workflow writes one (points)."""
+        return output
+
     def write_side_outputs(self, paths: dict[str, str], output: Any, image: np.ndarray | None,
                            prediction: np.ndarray | None = None) -> None:
         """Write the files named in ``side_outputs`` (e.g. a per-object table with each object's

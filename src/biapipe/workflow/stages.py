@@ -172,7 +172,7 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
         return
     array = imageio.read_array(image) if normalized else normalized_image(image, task.ndim, axes, normalize,
                                                                          _stats(stats))
-    _write_prediction(out, _predict_array(model, image, array, task, pcfg), task, model, pcfg)
+    _write_prediction(out, predict_array(model, image, array, task, pcfg), task, model, pcfg)
 
 
 @stage
@@ -196,15 +196,16 @@ def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], mar
         for k, (image, out) in enumerate(zip(images, outs, strict=True)):
             array = next_image.result()
             next_image = reader.submit(load, images[k + 1]) if k + 1 < len(images) else None
-            result = _predict_array(model, image, array, task, pcfg)
+            result = predict_array(model, image, array, task, pcfg)
             written.append(writer.submit(_write_prediction, out, result, task, model, pcfg))
         for future in written:
             future.result()
     imageio.write_text(marker, f"{len(images)} images predicted\n")
 
 
-def _predict_array(model: str, image: str, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
-    """The task's activated prediction of one normalized image (tiles, or one pass for whole-image tasks)."""
+def predict_array(model: str, image: str | None, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
+    """The task's activated prediction of one normalized image (tiles, or one pass for whole-image
+    tasks); ``image`` names it in errors."""
     from ..inference.predict import predict_image
     from ..inference.predictor import load_predictor
 

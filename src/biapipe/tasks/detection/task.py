@@ -170,6 +170,9 @@ class DetectionTask(Task):
     def write_output(self, path: str | Path, output: PointSet) -> None:
         imageio.write_csv(path, self.points_table(output))
 
+    def output_value(self, output: PointSet) -> pd.DataFrame:
+        return self.points_table(output)
+
     def points_table(self, points: PointSet) -> pd.DataFrame:
         """Columns (z,)y,x, score, class: integer pixels when they are, the class as annotated."""
         coords = np.round(points.coords, COORD_DECIMALS)
