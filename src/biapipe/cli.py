@@ -1,5 +1,6 @@
 """The ``biapipe`` command: demo data, evaluation of any two folders (without Snakemake),
-the three-line summary of a finished run, and model export."""
+the three-line summary of a finished run, prediction with a trained model (through the
+workflow), and model export."""
 
 from __future__ import annotations
 
@@ -68,6 +69,13 @@ def _export_bmz(args: argparse.Namespace) -> None:
     print(f"BioImage Model Zoo package written to {written}")
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from .workflow.predict_command import predict_command
+
+    return predict_command(args.model, args.inputs, args.out, labels=args.labels, workflow=args.workflow,
+                           settings=args.set or [], profile=args.profile, cores=args.cores, dry_run=args.dry_run)
+
+
 def _first_image(cfg: dict) -> str:
     """The first test (else training) image of the config, as the package's test input."""
     for split in ("test", "train"):
@@ -120,6 +128,21 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("results", help="the run's folder, e.g. results/demo")
     summ.set_defaults(func=_summary)
 
+    pred = sub.add_parser("predict", help="predict images with a trained model (a biapipe checkpoint or a BioImage "
+                                          "Model Zoo package) through the workflow, without writing a config")
+    pred.add_argument("model", help="model.pt / best.pt of an experiment, or a BMZ package (.zip or folder)")
+    pred.add_argument("inputs", nargs="+", metavar="INPUT", help="a folder of images, a glob (quoted), or image files")
+    pred.add_argument("--out", required=True, help="output folder (its name is the experiment's); the config used is "
+                                                   "written there as predict.yaml")
+    pred.add_argument("--labels", help="folder of ground truth named like the images: outputs are scored")
+    pred.add_argument("--workflow", choices=sorted(REGISTRY), help="for a package that does not say its own")
+    pred.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set postprocess.threshold=0.3 --set predict.tile_size=[512,512]")
+    pred.add_argument("--profile", help="Snakemake profile, e.g. profiles/slurm (cluster)")
+    pred.add_argument("--cores", default="all", help="cores for Snakemake (default all)")
+    pred.add_argument("-n", "--dry-run", action="store_true", help="show the plan only")
+    pred.set_defaults(func=_predict)
+
     bmz = sub.add_parser("export-bmz",
                          help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")
     bmz.add_argument("--model", required=True, help="checkpoint, e.g. results/EXP/model/best.pt")
@@ -138,11 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except BiapipeError as exc:
         print(f"biapipe: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

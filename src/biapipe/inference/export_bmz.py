@@ -90,6 +90,18 @@ def test_crop(image: np.ndarray, divisor: Sequence[int]) -> np.ndarray:
     return np.ascontiguousarray(crop)
 
 
+def whole_input(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A (Z)YXC image resized (linear, anti-aliased when shrinking) to the (Z)YX ``size`` a
+    whole-image model takes, as biapipe resizes its input before such a model."""
+    from skimage.transform import resize
+
+    size = tuple(int(s) for s in size)
+    shrinks = any(s > t for s, t in zip(image.shape[:-1], size))
+    out = resize(np.asarray(image, np.float32), size + (image.shape[-1],), order=1, mode="edge",
+                 anti_aliasing=shrinks, preserve_range=True)
+    return out.astype(np.float32)
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 
@@ -168,7 +180,8 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
         raise InputError(test_image, f"has {raw.shape[-1]} channels but the model expects {spec['in_channels']}")
     stats_dict = (imageio.read_json(stats) if stats else None) or fixed_stats(cfg["normalize"])
     div = divisor_per_axis(spec)
-    raw_crop = test_crop(raw, div)
+    # whole-image models (classification) take one fixed size: the test input is the image resized to it
+    raw_crop = whole_input(raw, spec["input_size"]) if task.whole_image else test_crop(raw, div)
     x = torch.from_numpy(np.moveaxis(normalize(raw_crop, cfg["normalize"], stats_dict), -1, 0)[None].copy())
     with torch.no_grad():
         y = net(x)
@@ -234,11 +247,15 @@ def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], t
     space = SPACE_AXES[3 - ndim:]
     in_axes = [bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(f"channel{c}")
                                                                for c in range(spec["in_channels"])])]
-    in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=int(d), step=int(d)))
-                for a, d in zip(space, div)]
+    if task.whole_image:  # one fixed input size, one value per channel out (class probabilities)
+        in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=int(n)) for a, n in zip(space, spec["input_size"])]
+    else:
+        in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=int(d), step=int(d)))
+                    for a, d in zip(space, div)]
     out_axes = [bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in task.output_channel_names()])]
-    out_axes += [bmz.SpaceOutputAxis(id=bmz.AxisId(a), size=bmz.SizeReference(tensor_id=in_id, axis_id=bmz.AxisId(a)))
-                 for a in space]
+    out_axes += [] if task.whole_image else \
+        [bmz.SpaceOutputAxis(id=bmz.AxisId(a), size=bmz.SizeReference(tensor_id=in_id, axis_id=bmz.AxisId(a)))
+         for a in space]
     torch_version = bmz.Version(torch.__version__.split("+")[0])
     return bmz.ModelDescr(
         name=name,
