@@ -89,10 +89,8 @@ def load_package(path: str | Path, device: torch.device,
     with tempfile.TemporaryDirectory(prefix="biapipe-bmz-") as tmp:
         work = Path(tmp)
         if info.spec is not None and prefer is None and weights.get("pytorch_state_dict"):
-            state = _state_dict(package_file(path, _source(weights["pytorch_state_dict"]), work))
             model = build_model(dict(info.spec))
-            model.load_state_dict({k[len(PACKAGED_PREFIX):]: v for k, v in state.items()
-                                   if k.startswith(PACKAGED_PREFIX)})
+            model.load_state_dict(package_state_dict(path))
             return model.to(device).eval(), dict(info.spec), False
         kind = prefer or next(k for k in ("torchscript", "pytorch_state_dict") if weights.get(k))
         entry = weights.get(kind)
@@ -109,6 +107,17 @@ def load_package(path: str | Path, device: torch.device,
     model = AxesAdapter(net, [a["id"] for a in info.package["input_axes"]],
                         [a["id"] for a in info.package["output_axes"]], info.ndim)
     return model.to(device).eval(), foreign_spec(info), True
+
+
+def package_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The network weights of a package biapipe exported (without the activation wrapper's prefix)."""
+    info = read_model_info(path)
+    entry = info.package["rdf"]["weights"].get("pytorch_state_dict")
+    if info.spec is None or not entry:
+        raise InputError(path, "is not a package of a biapipe network (no config.biapipe and state-dict weights)")
+    with tempfile.TemporaryDirectory(prefix="biapipe-bmz-") as tmp:
+        state = _state_dict(package_file(path, _source(entry), Path(tmp)))
+    return {k[len(PACKAGED_PREFIX):]: v for k, v in state.items() if k.startswith(PACKAGED_PREFIX)}
 
 
 def _state_dict(file: Path) -> dict[str, torch.Tensor]:
