@@ -15,6 +15,7 @@ from .core.config import load_config, merge, validate_config
 from .core.errors import BiapipeError
 from .data.samples import list_images
 from .tasks import REGISTRY, get_task, task_class
+from .workflow.predict_command import predict_command
 from .workflow.report import summary_lines
 
 
@@ -70,8 +71,6 @@ def _export_bmz(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .workflow.predict_command import predict_command
-
     return predict_command(args.model, args.inputs, args.out, labels=args.labels, workflow=args.workflow,
                            settings=args.set or [], profile=args.profile, cores=args.cores, dry_run=args.dry_run)
 

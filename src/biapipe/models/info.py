@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.config import plain
 from ..core.errors import InputError
 from .rdf import is_package, read_package_info
 
@@ -145,8 +146,6 @@ def checkpoint_info(path: Path, stamp: str = "") -> ModelInfo:
 def model_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     """What a checkpoint records of the experiment config: the sections a run that starts from
     the model takes as its own unless it sets them (``model_config``)."""
-    from ..core.config import plain
-
     out = {k: plain(cfg[k]) for k in CARRIED if k != "data"}
     out["data"] = {k: plain(cfg["data"][k]) for k in CARRIED_DATA}
     return out
