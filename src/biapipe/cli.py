@@ -15,6 +15,7 @@ from .core.config import load_config, merge, validate_config
 from .core.errors import BiapipeError
 from .data.samples import list_images
 from .tasks import REGISTRY, get_task, task_class
+from .tasks.from_model import config_with_model
 from .workflow.predict_command import predict_command
 from .workflow.report import summary_lines
 
@@ -63,7 +64,13 @@ def _summary(args: argparse.Namespace) -> None:
 def _export_bmz(args: argparse.Namespace) -> None:
     from .inference.export_bmz import export_bmz
 
-    cfg = load_config(args.config)
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.test_image:  # the checkpoint carries its experiment's config
+        cfg = config_with_model({"experiment": Path(args.model).stem, "model": args.model,
+                                 "data": {"test": {"images": "."}}})
+    else:
+        raise BiapipeError("export-bmz: give --config (the experiment's) or --test-image")
     written = export_bmz(args.model, cfg, get_task(cfg), args.out, args.test_image or _first_image(cfg),
                          name=args.name, authors=args.author or ["biapipe user"], license=args.license,
                          stats=args.stats, validate=not args.no_validate)
@@ -145,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     bmz = sub.add_parser("export-bmz",
                          help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")
     bmz.add_argument("--model", required=True, help="checkpoint, e.g. results/EXP/model/best.pt")
-    bmz.add_argument("--config", required=True, help="the experiment's config YAML (task and normalization)")
+    bmz.add_argument("--config", help="the experiment's config YAML (default: the one the checkpoint records; then "
+                                      "--test-image is needed)")
     bmz.add_argument("--out", required=True, help="package to write: a .zip file, else a folder")
     bmz.add_argument("--test-image", help="raw image for the test input (default: first test, else training image)")
     bmz.add_argument("--stats", help="normalization statistics JSON, needed when normalize.scope is dataset")
