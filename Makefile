@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch pinned: 2.13.0 is the CPU wheel available locally; other versions pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[test,export]"
+	$(BIN)/pip install --quiet -e ".[test,export,slurm]"
 	touch $(STAMP)
 
 install: $(STAMP)

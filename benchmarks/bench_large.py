@@ -6,7 +6,8 @@ prediction Zarr, then thresholded (+ z median 3) into an OME-Zarr mask. Each siz
 fresh process so its peak RSS (sampled by a thread, and ``ru_maxrss``) is its own, and its
 work directory is deleted once it is measured (8 GB of input make ~15 GB of zstd stores).
 
-``--model minimal`` (the default from 1 GB up) is the smallest real network: one 3x3x3
+``--model example`` is the U-Net of ``config/examples/semantic_3d.yaml`` (depth 2, width 8,
+batch norm). ``--model minimal`` (the default from 1 GB up) is the smallest real network: one 3x3x3
 convolution (a fixed local mean, 1 -> 1 channel) and a sigmoid, so the figures measure the
 block machinery (lazy reads, tiling, blending, Zarr writes, post-processing), not
 convolution FLOPs; ``--model unet`` is a tiny 3D U-Net (depth 2, width 4), ~1 Mvox/s
@@ -91,6 +92,16 @@ def make_model(kind: str):
 
     if kind == "unet":
         return UNet(3, 1, 1, depth=2, width=4)
+    if kind == "example":  # the network of config/examples/semantic_3d.yaml, one output channel
+        import yaml
+
+        from biapipe.core.config import validate_config
+        from biapipe.models.registry import build_model
+        from biapipe.tasks import get_task
+
+        cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "config/examples/semantic_3d.yaml").read_text())
+        spec = get_task(validate_config(cfg)).model_spec(1)
+        return build_model({**spec, "out_channels": 1}).eval()
     if kind != "minimal":
         raise ValueError(f"unknown model {kind!r}")
     conv = torch.nn.Conv3d(1, 1, 3, padding=1)
@@ -158,8 +169,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gb", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     ap.add_argument("--memory-gb", type=float, default=1.0, help="block budget (predict.memory_gb)")
-    ap.add_argument("--model", choices=["minimal", "unet"], default=None,
-                    help="network: minimal (one 3x3x3 conv + sigmoid; default from 1 GB) or unet (tiny 3D U-Net)")
+    ap.add_argument("--model", choices=["minimal", "unet", "example"], default=None,
+                    help="network: minimal (one 3x3x3 conv + sigmoid; default from 1 GB), unet (tiny 3D U-Net) "
+                         "or example (the U-Net of config/examples/semantic_3d.yaml)")
     ap.add_argument("--tile", type=int, nargs=3, default=[32, 128, 128], help="tile ZYX")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_large"))

@@ -21,9 +21,9 @@ from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import NormalizedImage, lazy_stats, open_lazy
 from ..data.normalize import check_finite, dataset_stats, fixed_stats
 
-#: float32-sized arrays per voxel and channel that preparing a block holds (raw, normalized,
-#: label, targets and their temporaries: distance transforms work in float64).
-PREPARE_TEMPORARIES = 24
+#: float32-sized arrays per voxel that preparing a block holds (label, targets and their
+#: temporaries: distance transforms work in float64), beyond the raw and normalized image.
+PREPARE_TEMPORARIES = 12
 
 
 class BlockTargets(Protocol):

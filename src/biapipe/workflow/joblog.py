@@ -36,7 +36,8 @@ def job_log(path: str | Path | None, name: str, echo: bool = False) -> Iterator[
     handler: logging.Handler
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="w")
+        Path(path).write_text("")  # a fresh log per run, then appended to (O_APPEND): the orphan
+        handler = logging.FileHandler(path, mode="a")  # watchdog's last line is never overwritten
     else:
         handler = logging.NullHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

@@ -82,6 +82,9 @@ def test_rule_parameters_do_not_depend_on_key_order_or_spelled_out_defaults() ->
     assert rerun_key(a["data"]["demo"]) == rerun_key(b["data"]["demo"])
     changed = validate_config({**given, "train": {**given["train"], "epochs": 4}})
     assert smk.train_params(changed) != smk.train_params(a)
+    for runtime in ({"memory_gb": 0.5}, {"threads": 1}, {"num_workers": 2}):  # where and how fast, not what
+        other = validate_config({**given, "train": {**given["train"], **runtime}})
+        assert smk.train_params(other) == smk.train_params(a)
 
 
 # --------------------------------------------------------------------------- bad input, every split
