@@ -66,6 +66,28 @@ def make_dataset(root: Path, n_images: int, n_train: int) -> None:
                 made += 1
 
 
+def make_model(path: Path) -> Path:
+    """A checkpoint of the benchmark's network (random weights): what a predict-only run plans with."""
+    from biapipe.core.config import validate_config
+    from biapipe.models.checkpoint import checkpoint_dict, save_checkpoint
+    from biapipe.models.info import model_meta
+    from biapipe.models.registry import build_model
+    from biapipe.tasks import get_task
+
+    cfg = validate_config({**config(path.parent), "data": {"train": {"images": "."}}})
+    spec = get_task(cfg).model_spec(1)
+    save_checkpoint(path, checkpoint_dict(spec, build_model(spec).state_dict(), 1, 0.0, "semantic", "val_loss",
+                                          config=model_meta(cfg)))
+    return path
+
+
+def predict_only_config(root: Path, model: Path) -> dict:
+    """Only test images (every image of the dataset) and a model: nothing is trained."""
+    return {"experiment": "bench", "model": str(model),
+            "data": {"test": {"images": str(root / "test" / "images"), "labels": str(root / "test" / "labels")}},
+            "predict": {"tile_size": [SIZE, SIZE]}}
+
+
 def config(root: Path) -> dict:
     return {
         "experiment": "bench",
@@ -100,6 +122,8 @@ def main() -> None:
     ap.add_argument("--profile", metavar="FILE", help="write a cProfile of the warm run of the last size to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the generated datasets (printed paths)")
     ap.add_argument("--smk-profile", metavar="DIR", help="also pass --profile DIR (e.g. profiles/slurm: groups)")
+    ap.add_argument("--predict-only", action="store_true",
+                    help="every image is a test image, predicted with a given checkpoint (config key model)")
     args = ap.parse_args()
     extra = ["--profile", str(Path(args.smk_profile).resolve())] if args.smk_profile else []
 
@@ -108,10 +132,12 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix=f"bench_dag_{n}_"))
         try:
             t0 = time.perf_counter()
-            make_dataset(root / "data", n, args.train)
+            make_dataset(root / "data", n, 0 if args.predict_only else args.train)
             t_make = time.perf_counter() - t0
             cfgfile = root / "cfg.yaml"
-            cfgfile.write_text(yaml.safe_dump(config(root / "data")))
+            cfg = predict_only_config(root / "data", make_model(root / "model.pt")) if args.predict_only \
+                else config(root / "data")
+            cfgfile.write_text(yaml.safe_dump(cfg))
             cold = dry_run(root, cfgfile, extra=extra)
             warm = dry_run(root, cfgfile, extra=extra)
             if args.profile and n == args.sizes[-1]:
@@ -125,14 +151,17 @@ def main() -> None:
                 shutil.rmtree(root, ignore_errors=True)
 
     where = f" --profile {args.smk_profile}" if args.smk_profile else ""
-    print(f"\n`snakemake -n{where}` (parse, header checks, DAG, dry-run schedule); semantic 2D, {args.train} training "
-          "images, the rest test images;")
+    what = "predict-only (model: a checkpoint), every image a test image" if args.predict_only else \
+        f"{args.train} training images, the rest test images"
+    print(f"\n`snakemake -n{where}` (parse, header checks, DAG, dry-run schedule); semantic 2D, {what};")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (wall time grows with load, CPU time less)\n")
     print("| images | jobs | cold wall (s) | cold CPU (s) | warm wall (s) | warm CPU (s) |")
     print("|---:|---:|---:|---:|---:|---:|")
     for n, _, cold, warm in rows:
-        batches = batch_count(n - args.train, "auto")
-        jobs = args.train + 2 * batches + 4  # prepare per training image, predict + postprocess per batch
+        if args.predict_only:  # predict + postprocess per batch, aggregate, report, all
+            jobs = 2 * batch_count(n, "auto") + 3
+        else:  # prepare per training image, predict + postprocess per batch
+            jobs = args.train + 2 * batch_count(n - args.train, "auto") + 4
         print(f"| {n:,} | {jobs:,} | {cold[0]:.1f} | {cold[1]:.1f} | {warm[0]:.1f} | {warm[1]:.1f} |")
 
 

@@ -8,7 +8,9 @@ machine and threads:
   then one predict and one post-processing job per batch of about 100 images
   (``predict.batch_images: auto``), each image with its own outputs;
 * one Python loop over the images calling the same library functions (normalize, tiled
-  prediction, post-processing, scoring, writing each output): the floor no workflow can beat.
+  prediction, post-processing, scoring, writing each output): the floor no workflow can beat;
+* a predict-only run (config key ``model``: the experiment's best.pt) over the same images:
+  the same jobs without the training experiment around them.
 
 Goal: the workflow within 20 % of the loop. Prints a markdown table.
 
@@ -100,14 +102,22 @@ def main() -> None:
         rules = ("predict_batch", "postprocess_batch") if args.images > 1000 else ("predict", "postprocess")
         workflow_s = snakemake(work, cfg_path, "--forcerun", *rules)
         loop_s = loop(work, cfg, args.images)
+        po_path = work / "predict_only.yaml"
+        po_path.write_text(yaml.safe_dump({
+            "experiment": "bench_po", "model": str(work / "results" / "bench" / "model" / "best.pt"),
+            "data": {"test": cfg["data"]["test"]}, "predict": cfg["predict"]}))
+        predict_only_s = snakemake(work, po_path)
     print(f"\n{args.images} test images of {SIZE}x{SIZE} (semantic, U-Net depth 3 width 16), predict + post-process + "
           f"score, {args.threads} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; first "
           f"run with training {first:.0f} s\n")
     print("| way | wall s | images/s | vs loop |")
     print("|---|---:|---:|---:|")
     print(f"| Python loop, one process | {loop_s:.1f} | {args.images / loop_s:.1f} | 1.00 |")
-    print(f"| workflow (`snakemake`, jobs of {'about 100 images' if args.images > 1000 else 'one image'}) | "
+    jobs = 'about 100 images' if args.images > 1000 else 'one image'
+    print(f"| workflow (`snakemake`, jobs of {jobs}) | "
           f"{workflow_s:.1f} | {args.images / workflow_s:.1f} | {loop_s / workflow_s:.2f} |")
+    print(f"| predict-only workflow (`model:` best.pt, jobs of {jobs}) | "
+          f"{predict_only_s:.1f} | {args.images / predict_only_s:.1f} | {loop_s / predict_only_s:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The ``biapipe`` command: demo data, evaluation of any two folders (without Snakemake),
-the three-line summary of a finished run, and model export."""
+the three-line summary of a finished run, prediction with a trained model (through the
+workflow), and model export."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from .core.config import load_config, merge, validate_config
 from .core.errors import BiapipeError
 from .data.samples import list_images
 from .tasks import REGISTRY, get_task, task_class
+from .tasks.from_model import config_with_model
+from .workflow.predict_command import predict_command
 from .workflow.report import summary_lines
 
 
@@ -61,11 +64,22 @@ def _summary(args: argparse.Namespace) -> None:
 def _export_bmz(args: argparse.Namespace) -> None:
     from .inference.export_bmz import export_bmz
 
-    cfg = load_config(args.config)
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.test_image:  # the checkpoint carries its experiment's config
+        cfg = config_with_model({"experiment": Path(args.model).stem, "model": args.model,
+                                 "data": {"test": {"images": "."}}})
+    else:
+        raise BiapipeError("export-bmz: give --config (the experiment's) or --test-image")
     written = export_bmz(args.model, cfg, get_task(cfg), args.out, args.test_image or _first_image(cfg),
                          name=args.name, authors=args.author or ["biapipe user"], license=args.license,
                          stats=args.stats, validate=not args.no_validate)
     print(f"BioImage Model Zoo package written to {written}")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    return predict_command(args.model, args.inputs, args.out, labels=args.labels, workflow=args.workflow,
+                           settings=args.set or [], profile=args.profile, cores=args.cores, dry_run=args.dry_run)
 
 
 def _first_image(cfg: dict) -> str:
@@ -120,10 +134,26 @@ def build_parser() -> argparse.ArgumentParser:
     summ.add_argument("results", help="the run's folder, e.g. results/demo")
     summ.set_defaults(func=_summary)
 
+    pred = sub.add_parser("predict", help="predict images with a trained model (a biapipe checkpoint or a BioImage "
+                                          "Model Zoo package) through the workflow, without writing a config")
+    pred.add_argument("model", help="model.pt / best.pt of an experiment, or a BMZ package (.zip or folder)")
+    pred.add_argument("inputs", nargs="+", metavar="INPUT", help="a folder of images, a glob (quoted), or image files")
+    pred.add_argument("--out", required=True, help="output folder (its name is the experiment's); the config used is "
+                                                   "written there as predict.yaml")
+    pred.add_argument("--labels", help="folder of ground truth named like the images: outputs are scored")
+    pred.add_argument("--workflow", choices=sorted(REGISTRY), help="for a package that does not say its own")
+    pred.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override a config key, e.g. --set postprocess.threshold=0.3 --set predict.tile_size=[512,512]")
+    pred.add_argument("--profile", help="Snakemake profile, e.g. profiles/slurm (cluster)")
+    pred.add_argument("--cores", default="all", help="cores for Snakemake (default all)")
+    pred.add_argument("-n", "--dry-run", action="store_true", help="show the plan only")
+    pred.set_defaults(func=_predict)
+
     bmz = sub.add_parser("export-bmz",
                          help="write a trained model as a BioImage Model Zoo package (needs biapipe[export])")
     bmz.add_argument("--model", required=True, help="checkpoint, e.g. results/EXP/model/best.pt")
-    bmz.add_argument("--config", required=True, help="the experiment's config YAML (task and normalization)")
+    bmz.add_argument("--config", help="the experiment's config YAML (default: the one the checkpoint records; then "
+                                      "--test-image is needed)")
     bmz.add_argument("--out", required=True, help="package to write: a .zip file, else a folder")
     bmz.add_argument("--test-image", help="raw image for the test input (default: first test, else training image)")
     bmz.add_argument("--stats", help="normalization statistics JSON, needed when normalize.scope is dataset")
@@ -138,11 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except BiapipeError as exc:
         print(f"biapipe: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return int(code or 0)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ PACKAGE = REPO / "src" / "biapipe"
 
 #: Layers, lowest first: a module may import its own package and the layers below it.
 LAYERS = {"core": 0, "data": 1, "models": 2, "training": 3, "inference": 3, "large": 4, "tasks": 5,
-          "workflow": 6, "cli": 7}
+          "workflow": 6, "cli": 7, "api": 7}
 
 #: Largest module, in lines.
 MAX_LINES = 420

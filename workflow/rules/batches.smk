@@ -7,7 +7,7 @@ if BATCHES:
 
     rule predict_batch:
         input:
-            model=f"{OUT}/model/best.pt",
+            model=MODEL,
             images=W.batch_images,
             stats=STATS_INPUT,
         output:
@@ -18,6 +18,7 @@ if BATCHES:
             normalize=NORMALIZE_KEY,
             axes=AXES,
             predict=PREDICT_KEY,
+            model=MODEL_STAMP,
         threads: CFG["predict"]["threads"]
         resources:
             gpu=1,

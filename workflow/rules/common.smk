@@ -51,7 +51,12 @@ wildcard_constraints:
 
 TEST_IMAGE = smk.as_pattern(TEST_IDS, lambda i: W.test_samples[i].image, W.image_of)
 TEST_LABEL = smk.as_pattern(TEST_IDS, lambda i: W.test_samples[i].label, W.label_of) if TASK.labels_are_files else []
-STATS_INPUT = [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" else []
+# Dataset statistics from the training images, unless fixed in the config (a model brings its own).
+STATS_INPUT = [f"{OUT}/normalize/stats.json"] if CFG["normalize"]["scope"] == "dataset" and not CFG["normalize"]["stats"] else []
+# The model prediction loads: the experiment's best.pt, or the given one (`model`), whose files'
+# sizes and times are a parameter too (a model copied over with an older time still reruns).
+MODEL = PLAN.model_file
+MODEL_STAMP = PLAN.model_info.stamp if PLAN.predict_only else ""
 NORMALIZE_KEY = smk.rerun_key(CFG["normalize"])
 PREDICT_KEY = smk.predict_params(CFG)
 TUNING_INPUT = [TASK.tuning_file()] if TASK.tuning_file() else []

@@ -26,13 +26,14 @@ if SPLIT_IDS:
 
     rule predict_block:
         input:
-            model=f"{OUT}/model/best.pt",
+            model=MODEL,
             store=f"{OUT}/predictions/{{image}}.zarr",
             image=W.image_of,
         output:
             f"{OUT}/large/{{image}}/predict/{{block}}.done",
         params:
             predict=PREDICT_KEY,
+            model=MODEL_STAMP,
         threads: CFG["predict"]["threads"]
         resources:
             gpu=1,

@@ -6,7 +6,7 @@
 
 rule predict:
     input:
-        model=f"{OUT}/model/best.pt",
+        model=MODEL,
         image=TEST_IMAGE,
         stats=STATS_INPUT,
     output:
@@ -15,6 +15,7 @@ rule predict:
         normalize=NORMALIZE_KEY,
         axes=AXES,
         predict=PREDICT_KEY,
+        model=MODEL_STAMP,
     threads: CFG["predict"]["threads"]
     resources:
         gpu=1,

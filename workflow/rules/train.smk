@@ -22,6 +22,8 @@ rule train_inputs:
 rule train:
     input:
         manifest=rules.train_inputs.output[0],
+        stats=STATS_INPUT,
+        init=[CFG["train"]["init"]] if CFG["train"]["init"] else [],
     output:
         best=f"{OUT}/model/best.pt",
         last=f"{OUT}/model/last.pt",
@@ -41,3 +43,20 @@ rule train:
         "../../environment.yml"
     script:
         "../scripts/train.py"
+
+
+# The model to share or predict with in another run (`model: .../model/model.pt`): best.pt with
+# the tuned post-processing thresholds. Its own file, written after tuning: prediction here reads
+# best.pt, so re-tuning (a post-processing change) never reruns prediction.
+rule package_model:
+    input:
+        best=f"{OUT}/model/best.pt",
+        tuning=TUNING_INPUT,
+    output:
+        f"{OUT}/model/model.pt",
+    log:
+        f"{OUT}/logs/package_model.log",
+    localrule: True
+    run:
+        stages.package_model(checkpoint=input.best, tuning=input.tuning[0] if input.tuning else None, out=output[0],
+                             log=log[0])

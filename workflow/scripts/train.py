@@ -14,6 +14,7 @@ stop_with_snakemake(sm.log[0])
 cfg = Section(sm.config)
 try:
     stages.train(manifest=sm.input.manifest, model_dir=str(Path(sm.output.best).parent), cfg=cfg,
-                 task=get_task(cfg), threads=sm.threads, log=sm.log[0], echo=True)  # epoch lines with ETA on the console
+                 task=get_task(cfg), threads=sm.threads, stats=sm.input.stats[0] if sm.input.stats else None,
+                 log=sm.log[0], echo=True)  # epoch lines with ETA on the console
 except BiapipeError as exc:
     sys.exit(f"biapipe: {exc}")

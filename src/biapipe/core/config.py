@@ -208,8 +208,10 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
         if len(value) != ndim:
             raise ConfigError(key, f"has {len(value)} entries but ndim is {ndim}")
     data = cfg["data"]
-    if not data.get("samples") and not data.get("demo") and not data.get("train"):
-        raise ConfigError("data", "needs train/test folders, a samples sheet or demo settings")
+    if not data.get("samples") and not data.get("demo") and not data.get("train") \
+            and not (cfg.get("model") and data.get("test")):
+        raise ConfigError("data", "needs train/test folders, a samples sheet or demo settings (or, with model, "
+                                  "test images only)")
     vs = data.get("voxel_size")
     if vs is not None and len(vs) != ndim:
         raise ConfigError("data.voxel_size", f"has {len(vs)} entries but ndim is {ndim}")

@@ -215,7 +215,7 @@ def normalize(
     if method == "none":
         return out
     if stats is None:
-        stats = compute_stats(image, cfg)
+        stats = fixed_stats(cfg) or compute_stats(image, cfg)
     _check_stats(stats, cfg, out.shape[-1])
     if method in ("percentile", "minmax"):
         _affine(out, _vector(stats["low"]), _vector(stats["high"]) - _vector(stats["low"]))
@@ -227,6 +227,15 @@ def normalize(
     if cfg["clip"] and method != "zscore":
         np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def fixed_stats(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """``normalize.stats`` when statistics are the dataset's and fixed in the config (e.g. the
+    ones a model was trained with), else None."""
+    stats = cfg.get("stats")
+    if not stats or cfg["scope"] != "dataset":
+        return None
+    return {"method": cfg["method"], "per_channel": bool(cfg["per_channel"]), **dict(stats)}
 
 
 def _vector(values: list[float]) -> np.ndarray:

@@ -168,20 +168,22 @@ def _resolve(base: Path, rel: str) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def discover(data: dict[str, Any], train: dict[str, Any], seed: int, task: SampleSource) -> Dataset:
+def discover(data: dict[str, Any], train: dict[str, Any], seed: int, task: SampleSource,
+             need_train: bool = True) -> Dataset:
     """All samples of an experiment by split (config sections ``data`` and ``train``), with
-    validation carved out of the training images when ``data.val`` is absent."""
+    validation carved out of the training images when ``data.val`` is absent. Without
+    ``need_train`` (a run that predicts with a given model) training images are optional."""
     if data["demo"]:
         samples = task.demo_samples()
     elif data["samples"]:
         samples = read_sample_sheet(data["samples"], task.sheet_label_column())
     else:
-        samples = [s for split in SPLITS if data[split] for s in task.split_samples(split, data[split])]
+        samples = [s for split in SPLITS if data.get(split) for s in task.split_samples(split, data[split])]
     ds = Dataset()
     for s in samples:
         getattr(ds, s.split).append(s)
     _check_unique_ids(ds)
-    if not ds.train:
+    if not ds.train and need_train:
         raise ConfigError("data.train", "no training images")
     task.finish_dataset(ds)
     if not ds.val and train["val_fraction"] > 0 and len(ds.train) > 1:

@@ -32,8 +32,9 @@ from torch import nn
 
 from ..core import imageio
 from ..core.errors import BiapipeError, ConfigError, InputError
-from ..data.normalize import dtype_scale, normalize
+from ..data.normalize import dtype_scale, fixed_stats, normalize
 from ..models.checkpoint import load_checkpoint
+from ..models.info import checkpoint_header, model_meta
 from ..models.packaged import ActivatedNet, standalone_source
 from ..models.registry import divisor_per_axis
 
@@ -91,6 +92,18 @@ def test_crop(image: np.ndarray, divisor: Sequence[int]) -> np.ndarray:
     if any(p for pair in pad for p in pair):
         crop = np.pad(crop, pad + [(0, 0)], mode="reflect")
     return np.ascontiguousarray(crop)
+
+
+def whole_input(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """A (Z)YXC image resized (linear, anti-aliased when shrinking) to the (Z)YX ``size`` a
+    whole-image model takes, as biapipe resizes its input before such a model."""
+    from skimage.transform import resize
+
+    size = tuple(int(s) for s in size)
+    shrinks = any(s > t for s, t in zip(image.shape[:-1], size))
+    out = resize(np.asarray(image, np.float32), size + (image.shape[-1],), order=1, mode="edge",
+                 anti_aliasing=shrinks, preserve_range=True)
+    return out.astype(np.float32)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -168,9 +181,10 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
     raw = imageio.read_image(test_image, ndim, cfg["data"]["axes"])
     if raw.shape[-1] != spec["in_channels"]:
         raise InputError(test_image, f"has {raw.shape[-1]} channels but the model expects {spec['in_channels']}")
-    stats_dict = imageio.read_json(stats) if stats else None
+    stats_dict = (imageio.read_json(stats) if stats else None) or fixed_stats(cfg["normalize"])
     div = divisor_per_axis(spec)
-    raw_crop = test_crop(raw, div)
+    # whole-image models (classification) take one fixed size: the test input is the image resized to it
+    raw_crop = whole_input(raw, spec["input_size"]) if task.whole_image else test_crop(raw, div)
     x = torch.from_numpy(np.moveaxis(normalize(raw_crop, cfg["normalize"], stats_dict), -1, 0)[None].copy())
     with torch.no_grad():
         y = net(x)
@@ -180,6 +194,7 @@ def export_bmz(checkpoint: str | Path, cfg: dict[str, Any], task: Any, out: str 
         _write_files(staging, net, spec, activation, raw_crop, y, x)
         descr = _describe(staging, spec, activation, upsample, task, cfg, raw.dtype, stats_dict, div, y.shape,
                           name or f"biapipe {cfg['workflow']} {cfg['experiment']}", description, authors, license)
+        descr = descr.model_copy(update={"config": _config(descr, checkpoint, cfg, spec, stats_dict)})
         written = _save(descr, out)
     if validate:
         check_package(written)
@@ -236,14 +251,18 @@ def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], u
     space = SPACE_AXES[3 - ndim:]
     in_axes = [bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(f"channel{c}")
                                                                for c in range(spec["in_channels"])])]
-    in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=int(d), step=int(d)))
-                for a, d in zip(space, div)]
+    if task.whole_image:  # one fixed input size, one value per channel out (class probabilities)
+        in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=int(n)) for a, n in zip(space, spec["input_size"])]
+    else:
+        in_axes += [bmz.SpaceInputAxis(id=bmz.AxisId(a), size=bmz.ParameterizedSize(min=int(d), step=int(d)))
+                    for a, d in zip(space, div)]
     out_axes = [bmz.BatchAxis(), bmz.ChannelAxis(channel_names=[bmz.Identifier(n) for n in task.output_channel_names()])]
     # an input upsampled by f gives an output f times larger: its axis scale is 1/f of the input's
     factors = upsample or [1] * ndim
-    out_axes += [bmz.SpaceOutputAxis(id=bmz.AxisId(a), scale=1.0 / f,
-                                     size=bmz.SizeReference(tensor_id=in_id, axis_id=bmz.AxisId(a)))
-                 for a, f in zip(space, factors)]
+    out_axes += [] if task.whole_image else \
+        [bmz.SpaceOutputAxis(id=bmz.AxisId(a), scale=1.0 / f,
+                             size=bmz.SizeReference(tensor_id=in_id, axis_id=bmz.AxisId(a)))
+         for a, f in zip(space, factors)]
     torch_version = bmz.Version(torch.__version__.split("+")[0])
     return bmz.ModelDescr(
         name=name,
@@ -272,6 +291,20 @@ def _describe(folder: Path, spec: dict[str, Any], activation: list[list[Any]], u
                                                     parent="pytorch_state_dict"),
         ),
     )
+
+
+def _config(descr: Any, checkpoint: str | Path, cfg: dict[str, Any], spec: dict[str, Any],
+            stats: dict[str, Any] | None) -> Any:
+    """The package's ``config.biapipe``: what biapipe needs to predict with the package as with the
+    checkpoint (``models.rdf``): the network spec, the experiment's config sections with the
+    normalization statistics, and the tuned post-processing thresholds the checkpoint carries."""
+    from .. import __version__
+
+    config = model_meta(cfg)
+    if stats is not None and cfg["normalize"]["scope"] == "dataset":
+        config["normalize"]["stats"] = {k: v for k, v in stats.items() if k not in ("method", "per_channel")}
+    record = {"version": __version__, "spec": spec, "config": config, "tuned": checkpoint_header(checkpoint).get("tuned")}
+    return descr.config.model_copy(update={"biapipe": _plain(record)})
 
 
 def _plain(value: Any) -> Any:

@@ -18,7 +18,9 @@ from torch import nn
 
 from ..core.devices import resolve_device
 from ..core.errors import InputError
+from ..models.bmz import load_package
 from ..models.checkpoint import load_checkpoint
+from ..models.rdf import is_package
 from ..models.registry import divisor
 
 #: Predictors kept in the cache (a workflow uses one or two checkpoints: best.pt, last.pt).
@@ -42,6 +44,16 @@ class Predictor:
     path: Path
     #: the checkpoint without its weights (epoch, val_loss, workflow, ...)
     meta: dict[str, Any] = field(default_factory=dict)
+    #: the model's output is already activated (a foreign BioImage Model Zoo package)
+    activated: bool = False
+
+    def activation(self, activate: Any) -> Any:
+        """The task's ``activate`` for this model's output (identity when it comes activated)."""
+        return _identity if self.activated else activate
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 _cache: OrderedDict[tuple[str, int, str], Predictor] = OrderedDict()
@@ -90,6 +102,11 @@ def _evict_stale(key: tuple[str, int, str]) -> None:
 
 
 def _load(path: Path, device: torch.device) -> Predictor:
+    if is_package(path):
+        model, spec, activated = load_package(path, device)
+        prepare_model(model, device)
+        return Predictor(model=model, spec=spec, divisor=model_divisor(spec), device=device, path=path,
+                         meta={"model": spec}, activated=activated)
     try:
         model, ckpt = load_checkpoint(path, device)
     except (OSError, RuntimeError, KeyError, ValueError) as exc:
@@ -102,8 +119,9 @@ def _load(path: Path, device: torch.device) -> Predictor:
 
 def model_divisor(spec: dict[str, Any]) -> int | tuple[int, ...]:
     """Spatial sizes the network accepts are multiples of this: one int, or one per (Z)YX
-    axis for 3D networks that pool z fewer times than YX (tiling accepts both)."""
-    d = divisor(spec)
+    axis for 3D networks that pool z fewer times than YX (tiling accepts both); a network
+    biapipe did not build states its own (``models.bmz.foreign_spec``)."""
+    d = spec["divisor"] if "divisor" in spec else divisor(spec)
     return int(d) if isinstance(d, int) else tuple(int(v) for v in d)
 
 

@@ -19,7 +19,7 @@ import zarr
 from ..core import imageio
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import NormalizedImage, lazy_stats, open_lazy
-from ..data.normalize import check_finite, dataset_stats
+from ..data.normalize import check_finite, dataset_stats, fixed_stats
 
 #: float32-sized arrays per voxel that preparing a block holds (label, targets and their
 #: temporaries: distance transforms work in float64), beyond the raw and normalized image.
@@ -86,7 +86,7 @@ def prepare_blockwise(image: str, label: str, image_out: str, targets_out: str, 
     raw = open_lazy(image, task.ndim, axes)
     spatial = tuple(raw.shape[:-1])
     if stats is None:
-        stats = lazy_stats(raw, cfg_normalize, memory_gb * 2**30)
+        stats = fixed_stats(cfg_normalize) or lazy_stats(raw, cfg_normalize, memory_gb * 2**30)
     normalized = NormalizedImage(raw, cfg_normalize, stats)
     halo = task.target_halo()
     per_voxel = prepare_bytes((1,) * task.ndim + (raw.shape[-1],), raw.dtype)

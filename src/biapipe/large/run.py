@@ -22,6 +22,7 @@ from ..core import imageio
 from ..core.errors import ConfigError
 from ..core.progress import Progress
 from ..data.lazy import NormalizedImage, lazy_stats
+from ..data.normalize import fixed_stats
 from ..inference.predict import batch_fn, tile_size
 from ..inference.predictor import load_predictor
 from .plan import memory_bytes, plan_for_shape
@@ -51,7 +52,8 @@ class Predicted(Protocol):
 
 def _predictor(model_path: str | Path, image: Any, task: Predicted, pcfg: dict[str, Any]) -> BlockPredictor:
     loaded = load_predictor(model_path, pcfg["device"])
-    fn = batch_fn(loaded.model, task.for_model(loaded.meta).activate, loaded.device, pcfg)
+    trained = task if loaded.activated else task.for_model(loaded.meta)  # a package may come activated
+    fn = batch_fn(loaded.model, loaded.activation(trained.activate), loaded.device, pcfg)
     return BlockPredictor(image, fn, tile_size(pcfg, image.ndim - 1), float(pcfg["overlap"]), pcfg["blend"],
                           int(pcfg["batch_size"]), loaded.divisor, float(pcfg["trim"]))
 
@@ -60,7 +62,7 @@ def open_normalized(image_path: str | Path, cfg: dict[str, Any], stats: dict[str
     """The raw image normalized tile by tile; ``stats`` (dataset scope) or its own, read by blocks."""
     image = open_raw(image_path, cfg["ndim"], cfg["data"]["axes"], cfg["predict"])
     if stats is None:
-        stats = lazy_stats(image, cfg["normalize"], memory_bytes(cfg["predict"]))
+        stats = fixed_stats(cfg["normalize"]) or lazy_stats(image, cfg["normalize"], memory_bytes(cfg["predict"]))
     return NormalizedImage(image, cfg["normalize"], stats)
 
 

@@ -65,5 +65,17 @@ def divisor(spec: dict[str, Any]) -> int | tuple[int, ...]:
     return per_axis[0] if len(set(per_axis)) == 1 else per_axis
 
 
+#: Parameter-name prefixes of each architecture's encoder (what ``train.fine_tune`` holds fixed or
+#: slows down); the rest (decoder, head) adapts to a new task first.
+ENCODERS: dict[str, tuple[str, ...]] = {**{name: ("encoders.", "bottleneck.") for name in UNET_ARCHITECTURES},
+                                        ARCH: ("stem.", "stages.")}
+#: Parameter-name prefix of every architecture's output layer (drawn afresh when its shape changes).
+HEAD = "head."
+
+
+def encoder_prefixes(spec: dict[str, Any]) -> tuple[str, ...]:
+    return ENCODERS.get(spec.get("arch"), ())
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -259,6 +259,11 @@ class Task:
     def read_output(self, path: str | Path) -> Any:
         raise NotImplementedError
 
+    def output_value(self, output: Any) -> Any:
+        """What ``biapipe.predict`` returns for a post-processed output: the output itself by
+        default (masks, label images), a table where the workflow writes one (points)."""
+        return output
+
     def write_side_outputs(self, paths: dict[str, str], output: Any, image: np.ndarray | None,
                            prediction: np.ndarray | None = None) -> None:
         """Write the files named in ``side_outputs`` (e.g. a per-object table with each object's
@@ -272,6 +277,12 @@ class Task:
                    out_json: str | Path) -> dict[str, Any]:
         """Search post-processing thresholds on validation predictions; write them to ``out_json``."""
         raise NotImplementedError(f"the {self.name} workflow has no threshold tuning")
+
+    def tuned_postprocess(self, tuned: dict[str, Any]) -> dict[str, Any]:
+        """The ``postprocess`` keys that the contents of a tuning file (as :meth:`tune_files` wrote
+        it, and a model carries it) stand for, with tuning off: how a run that predicts with the
+        model uses them (``tasks.from_model``)."""
+        raise ConfigError(f"postprocess.{self.name}", "has no tuned thresholds")
 
     # ------------------------------------------------------------------ large images (block by block)
     def postprocess_large(self, pred_zarr: str | Path, out_path: str | Path, side: dict[str, str] | None,

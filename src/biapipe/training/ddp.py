@@ -267,7 +267,7 @@ class Rank:
                     seed: int) -> float:
         """One epoch on this rank's slices; returns the patch-weighted mean loss of the global batches."""
         assert self.net is not None
-        run.model.train()
+        run.train_mode()
         total, count = 0.0, 0
         for parts, sizes in self._slices(dataset, int(tcfg["batch_size"]), int(tcfg["num_workers"]), seed):
             stand_in = sizes[self.rank] == 0

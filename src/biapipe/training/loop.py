@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -31,7 +31,9 @@ from ..core.progress import Progress
 from ..data.augment import Augmenter, write_augment_samples
 from ..data.patches import seed_entropy
 from ..data.sources import PathPair
+from ..models.info import model_meta
 from ..models.registry import build_model, count_parameters
+from .init import Freeze, fine_tuning, load_init
 from .outputs import HISTORY_COLUMNS, monitored_row, write_outputs
 from .runtime import memory_format, resolve_amp, seed_everything, torch_settings
 from .schedules import (
@@ -81,6 +83,13 @@ class Run:
     grad_clip: float = 0.0
     #: runs the torch stage of augmentation on the device (CUDA); None when the data path does it
     augmenter: Augmenter | None = None
+    #: a loaded encoder held fixed for the first epochs (train.init, train.fine_tune)
+    freeze: Freeze = field(default_factory=Freeze)
+
+    def train_mode(self) -> None:
+        """Training mode for the epoch about to run (a frozen encoder keeps its statistics)."""
+        self.model.train()
+        self.freeze.hold(self.state.epoch)
 
     def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -103,6 +112,7 @@ class Run:
         """Backward, optional clipping (on unscaled gradients) and the optimizer step."""
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            self.freeze.drop_gradients(self.state.epoch)
             if self.grad_clip > 0:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
@@ -110,6 +120,7 @@ class Run:
             self.scaler.update()
         else:
             loss.backward()
+            self.freeze.drop_gradients(self.state.epoch)
             if self.grad_clip > 0:
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
@@ -136,7 +147,7 @@ def batches(dataset: Dataset, batch_size: int, num_workers: int, seed: int) -> I
 
 def train_epoch(run: Run, loss_fn: nn.Module, dataset: Dataset, tcfg: dict[str, Any], seed: int) -> float:
     """One pass over the epoch's patches; returns the patch-weighted mean training loss."""
-    run.model.train()
+    run.train_mode()
     total, count = 0.0, 0
     for parts in batches(dataset, int(tcfg["batch_size"]), int(tcfg["num_workers"]), seed):
         x, y = run.batch(parts)
@@ -197,14 +208,18 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
             write_debug_samples(data.train, cfg, out_dir, log)
         fmt = memory_format(spec["ndim"], device)
         model = build_model(spec).to(device=device, memory_format=fmt)
+        if tcfg["init"]:
+            load_init(model, tcfg["init"], log)
         if ddp is not None:
             model = ddp.prepare(model, device)
-        optimizer = make_optimizer(model, tcfg["optimizer"])
+        freeze, slow = fine_tuning(model, spec, tcfg, log)
+        optimizer = make_optimizer(model, tcfg["optimizer"], slow, float(tcfg["fine_tune"]["encoder_lr_factor"]))
         steps = steps_per_epoch(len(data.train), int(tcfg["batch_size"]))
         amp = resolve_amp(str(tcfg["amp"]), device, log)
         run = Run(model, optimizer, make_scheduler(optimizer, tcfg, steps), TrainState(), device, fmt, amp=amp,
                   scaler=torch.amp.GradScaler("cuda") if amp == torch.float16 else None,
-                  grad_clip=float(tcfg["grad_clip"]), augmenter=data.train.augmenter if on_device else None)
+                  grad_clip=float(tcfg["grad_clip"]), augmenter=data.train.augmenter if on_device else None,
+                  freeze=freeze)
         loss_fn = task.loss().to(device)
         monitor = choose_monitor(tcfg, data.val is not None, task, log)
         fp = fingerprint(cfg, train_pairs, val_pairs)
@@ -220,7 +235,7 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
         best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
             if run.state.history else (math.nan, math.nan)
         if finished and main:
-            write_outputs(out_dir, run, spec, task.name, monitor)
+            write_outputs(out_dir, run, spec, task.name, monitor, model_meta(cfg))
             resume_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 resume_path.parent.rmdir()

@@ -26,8 +26,15 @@ ONECYCLE_RISE = 0.3
 COSINE_FINAL_FRACTION = 0.01
 
 
-def make_optimizer(model: nn.Module, ocfg: dict[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, ocfg: dict[str, Any], slow: list[nn.Parameter] | None = None,
+                   slow_factor: float = 1.0) -> torch.optim.Optimizer:
+    """The optimizer; ``slow`` parameters (a loaded encoder, ``train.fine_tune``) learn at
+    ``slow_factor`` x the rate, in a parameter group of their own that every schedule scales alike."""
     params, lr, wd = model.parameters(), float(ocfg["lr"]), float(ocfg["weight_decay"])
+    if slow:
+        ids = {id(p) for p in slow}
+        params = [{"params": [p for p in model.parameters() if id(p) not in ids]},
+                  {"params": list(slow), "lr": lr * float(slow_factor)}]
     if ocfg["name"] == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=wd)
     if ocfg["name"] == "adamw":

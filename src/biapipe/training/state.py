@@ -25,6 +25,7 @@ from torch import nn
 from ..core.config import training_keys
 from ..core.imageio import atomic_path
 from ..data.sources import PathPair
+from ..models.info import file_stamp
 
 def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs: Sequence[PathPair]) -> str:
     """Identity of a training run: a resume file is only used by a run with the same fingerprint.
@@ -39,6 +40,8 @@ def fingerprint(cfg: dict[str, Any], train_pairs: Sequence[PathPair], val_pairs:
         "train_files": [[Path(i).name, Path(t).name] for i, t in train_pairs],
         "val_files": [[Path(i).name, Path(t).name] for i, t in val_pairs],
     }
+    if cfg["train"].get("init"):  # the weights a run starts from: a changed file is another run
+        payload["init_file"] = file_stamp(cfg["train"]["init"])
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -147,7 +147,8 @@ def headline(task: Task, results: str | Path) -> list[str]:
     suffixes = {task.output_suffix, task.large_output_suffix or task.output_suffix}
     outputs = [p for p in folder.iterdir() if p.name.endswith(tuple(suffixes)) and not p.name.startswith(".")] \
         if folder.is_dir() else []
-    trained = f"trained {len(history)} epochs" if history is not None else "not trained"
+    trained = f"trained {len(history)} epochs" if history is not None else \
+        f"model {cfg['model']}" if cfg.get("model") else "not trained"
     if history is not None and counts:
         trained += f" on {len(counts['train_images'])} images, validated on {len(counts['val_images'])}"
     what = f"{cfg['experiment']}: {task.name} workflow, {task.ndim}D; {trained}; {len(outputs)} test images predicted"

@@ -20,13 +20,15 @@ from typing import Any
 
 import yaml
 
-from ..core.config import Section, merge, rerun_key, training_keys, validate_config
-from ..core.errors import ConfigError
+from ..core.config import Section, merge, rerun_key, training_keys
+from ..core.errors import ConfigError, InputError
 from ..data.samples import Dataset, Sample, discover
 from ..data.validate import check_dataset
 from ..large.plan import is_large, memory_bytes, plan_for_shape, whole_image_bytes
 from ..large.volumes import open_raw
+from ..models.info import ModelInfo, read_model_info
 from ..tasks import Task, get_task
+from ..tasks.from_model import config_with_model
 
 #: Where parse-time header checks are cached (by file size and mtime).
 PROBE_CACHE = ".snakemake/biapipe/probe-cache.json"
@@ -38,11 +40,11 @@ PREDICT_KEYS = ("mode", "tile_size", "overlap", "blend", "precision", "trim", "t
 def load_config(given: Mapping[str, Any], basedir: str | Path) -> Section:
     """The validated experiment config: config/config.yaml unless --configfile gave an experiment."""
     if "experiment" in given:
-        return validate_config(dict(given))
+        return config_with_model(dict(given))
     default = Path("config/config.yaml")
     if not default.is_file():
         default = Path(basedir).parent / "config" / "config.yaml"
-    return validate_config(merge(yaml.safe_load(default.read_text()), dict(given)))
+    return config_with_model(merge(yaml.safe_load(default.read_text()), dict(given)))
 
 
 @dataclass
@@ -69,6 +71,20 @@ class Plan:
         return f"{self.cfg['results']}/{self.cfg['experiment']}"
 
     @property
+    def predict_only(self) -> bool:
+        """A run that predicts with a given model (``model:``) and trains nothing."""
+        return bool(self.cfg["model"])
+
+    @property
+    def model_file(self) -> str:
+        """The model prediction jobs load: the given one, else the experiment's own best.pt."""
+        return str(self.cfg["model"]) if self.predict_only else f"{self.out}/model/best.pt"
+
+    @property
+    def model_info(self) -> ModelInfo | None:
+        return read_model_info(self.cfg["model"]) if self.predict_only else None
+
+    @property
     def train_samples(self) -> dict[str, Sample]:
         return self.ds.training()
 
@@ -85,20 +101,26 @@ class Plan:
 
 
 def discover_dataset(cfg: Section) -> Dataset:
-    """The samples of an experiment by split, as its task finds them."""
-    return discover(cfg["data"], cfg["train"], cfg["seed"], get_task(cfg))
+    """The samples of an experiment by split, as its task finds them (no training images needed
+    to predict with a given model)."""
+    return discover(cfg["data"], cfg["train"], cfg["seed"], get_task(cfg), need_train=not cfg["model"])
 
 
 def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     """Config, samples and header checks; a large image's block plan from its header."""
     cfg = load_config(given, basedir)
     ds = discover_dataset(cfg)
+    if cfg["model"] and (ds.train or ds.val):
+        raise ConfigError("model", "predicts with a trained model, but the config has training images: to train "
+                                   "starting from the model, set train.init instead")
     cfg = get_task(cfg).settled_config(ds)
     task = get_task(cfg)
     plan = Plan(cfg, task, ds)
     if not cfg["data"]["demo"]:
         plan.headers = check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE,
                                      check_label=task.check_label_header)
+    if plan.predict_only:
+        check_model_channels(plan)
     if task.tuning_file() and not ds.val:
         raise ConfigError(f"postprocess.{cfg['workflow']}", "asks for tuned thresholds, which need validation "
                                                             "images (data.val or train.val_fraction > 0)")
@@ -107,6 +129,16 @@ def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
     large = set(plan.large_ids)
     plan.batches = plan_batches([i for i in plan.ids("test") if i not in large], cfg["predict"]["batch_images"])
     return plan
+
+
+def check_model_channels(plan: Plan) -> None:
+    """Test images must have the channels the given model takes (every image has the same)."""
+    info = plan.model_info
+    for image_id, (shape, _) in plan.headers.items():
+        if shape[-1] != info.in_channels:
+            raise InputError(plan.test_samples[image_id].image, f"has {shape[-1]} channel(s) but the model "
+                                                                 f"{info.path} takes {info.in_channels}")
+        return
 
 
 def _plan_large(plan: Plan) -> None:
@@ -279,7 +311,8 @@ def report_inputs(plan: Plan) -> list[str]:
     out, task = plan.out, plan.task
     large, scored = set(plan.large_ids), set(plan.scored_ids)
     batched = {i for ids in plan.batches.values() for i in ids}
-    outs = [f"{out}/model/best.pt", f"{out}/model/training_curve.png"]
+    outs = [plan.model_file] if plan.predict_only else \
+        [f"{out}/model/best.pt", f"{out}/model/model.pt", f"{out}/model/training_curve.png"]
     outs += [output_path(plan, i, i in large) for i in plan.ids("test") if i not in scored and i not in batched]
     outs += [batch_marker(plan, "postprocess", name) for name, ids in plan.batches.items()
              if any(i not in scored for i in ids)]

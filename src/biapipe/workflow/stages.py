@@ -138,11 +138,15 @@ def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: T
 
 @stage
 def train(*, manifest: str, model_dir: str, cfg: dict[str, Any], task: Task, threads: int | None = None,
-          logger: logging.Logger) -> None:
+          stats: str | None = None, logger: logging.Logger) -> None:
     """Check the test data, then train. The test images are read here, in the train job, rather
     than by a job of their own that training waits for: such a job would make every later change
-    of a test image retrain the model (docs/architecture.md, "bad input before compute")."""
+    of a test image retrain the model (docs/architecture.md, "bad input before compute").
+    Dataset statistics (``stats``) go into the config, which the checkpoint records."""
     from ..training.launch import train as run_training
+
+    if stats:
+        cfg = cfg.with_value("normalize.stats", imageio.read_json(stats))
 
     plan = make_plan(cfg, ".")
     ids = plan.ids("test")
@@ -176,7 +180,7 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
     # validation images were normalized (and given their network input) for training
     array = imageio.read_array(image) if normalized else \
         task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
-    _write_prediction(out, _predict_array(model, image, array, task, pcfg), task, model, pcfg)
+    _write_prediction(out, predict_array(model, image, array, task, pcfg), task, model, pcfg)
 
 
 @stage
@@ -200,15 +204,16 @@ def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], mar
         for k, (image, out) in enumerate(zip(images, outs, strict=True)):
             array = next_image.result()
             next_image = reader.submit(load, images[k + 1]) if k + 1 < len(images) else None
-            result = _predict_array(model, image, array, task, pcfg)
+            result = predict_array(model, image, array, task, pcfg)
             written.append(writer.submit(_write_prediction, out, result, task, model, pcfg))
         for future in written:
             future.result()
     imageio.write_text(marker, f"{len(images)} images predicted\n")
 
 
-def _predict_array(model: str, image: str, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
-    """The task's activated prediction of one normalized image (tiles, or one pass for whole-image tasks)."""
+def predict_array(model: str, image: str | None, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
+    """The task's activated prediction of one normalized image (tiles, or one pass for whole-image
+    tasks); ``image`` names it in errors."""
     from ..inference.predict import predict_image
     from ..inference.predictor import load_predictor
 
@@ -218,9 +223,9 @@ def _predict_array(model: str, image: str, array: np.ndarray, task: Task, pcfg: 
         raise InputError(image, f"has {array.shape[-1]} channel(s) but the model {model} expects {expected}")
     if task.whole_image:
         return task.predict_whole(predictor, array)
-    trained = task.for_model(predictor.meta)
-    return predict_image(predictor.model, np.asarray(array, dtype=np.float32), pcfg, trained.activate,
-                         predictor.divisor, predictor.device)
+    trained = task if predictor.activated else task.for_model(predictor.meta)  # a package may come activated
+    return predict_image(predictor.model, np.asarray(array, dtype=np.float32), pcfg,
+                         predictor.activation(trained.activate), predictor.divisor, predictor.device)
 
 
 def _write_prediction(out: str, result: np.ndarray, task: Task, model: str, pcfg: Section) -> None:
@@ -329,6 +334,14 @@ def write_metrics(task: Task, output: Any, label: str | None, out_csv: str, imag
 @stage
 def tune(*, predictions: Sequence[str], labels: Sequence[str], out: str, task: Task) -> None:
     task.tune_files(list(predictions), list(labels), out)
+
+
+@stage
+def package_model(*, checkpoint: str, tuning: str | None, out: str) -> None:
+    """The experiment's model in one file: the checkpoint with the tuned thresholds."""
+    from ..models.checkpoint import package_checkpoint
+
+    package_checkpoint(checkpoint, imageio.read_json(tuning) if tuning else None, out)
 
 
 @stage

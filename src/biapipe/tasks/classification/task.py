@@ -172,6 +172,9 @@ class ClassificationTask(Task):
 
         return torch.softmax(logits, dim=1)
 
+    def activation_spec(self) -> list[list[Any]]:
+        return [["softmax"]]
+
     def predict_whole(self, predictor: Any, image: np.ndarray) -> np.ndarray:
         """One forward pass of the whole (resized) normalized image: the K class probabilities."""
         import torch

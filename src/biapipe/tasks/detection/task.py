@@ -170,6 +170,9 @@ class DetectionTask(Task):
     def write_output(self, path: str | Path, output: PointSet) -> None:
         imageio.write_csv(path, self.points_table(output))
 
+    def output_value(self, output: PointSet) -> pd.DataFrame:
+        return self.points_table(output)
+
     def points_table(self, points: PointSet) -> pd.DataFrame:
         """Columns (z,)y,x, score, class: integer pixels when they are, the class as annotated."""
         coords = np.round(points.coords, COORD_DECIMALS)
@@ -241,6 +244,9 @@ class DetectionTask(Task):
     def tuning_file(self) -> str | None:
         """The tuning JSON when ``postprocess.detection.threshold`` is 'tuned' (the workflow then tunes first)."""
         return str(tuned_threshold_path(self.cfg)) if self.params.threshold == "tuned" else None
+
+    def tuned_postprocess(self, tuned: dict[str, Any]) -> dict[str, Any]:
+        return {"detection": {"threshold": float(tuned["threshold"])}}
 
     def tune(self, predictions: Sequence[np.ndarray], labels: Sequence[PointSet]) -> dict[str, Any]:
         """Peak threshold maximising F1 on validation predictions (activated, (Z)YXC)."""

@@ -163,6 +163,12 @@ class InstanceTask(LabelImageTask):
     def tuning_file(self) -> str | None:
         return str(tuned_thresholds_path(self.cfg)) if self.pp_cfg["tuned"] else None
 
+    def tuned_postprocess(self, tuned: dict[str, Any]) -> dict[str, Any]:
+        if list(tuned.get("channels", [])) != list(self.channels):
+            raise ConfigError("targets.instance.channels", f"is {list(self.channels)} but the model's thresholds were "
+                                                           f"tuned for {tuned.get('channels')}")
+        return {"instance": {"tuned": False, **{k: float(v) for k, v in tuned["thresholds"].items()}}}
+
     def write_side_outputs(self, paths: dict[str, str], output: np.ndarray, image: np.ndarray | None,
                            prediction: np.ndarray | None = None) -> None:
         score = self.score_map(prediction) if prediction is not None else None
