@@ -41,3 +41,17 @@ rule train:
         "../../environment.yml"
     script:
         "../scripts/train.py"
+
+
+# What automatic planning chose and why (train.plan: auto), written once per plan: nothing
+# reads it, so a changed fingerprint that changes no choice reruns this file only.
+rule plan:
+    output:
+        f"{OUT}/model/plan.json",
+    params:
+        plan=smk.rerun_key(PLAN.planning.as_dict()),
+    log:
+        f"{OUT}/logs/plan.log",
+    localrule: True
+    run:
+        stages.write_plan(record=PLAN.planning.as_dict(), out=output[0], log=log[0])

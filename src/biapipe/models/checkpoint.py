@@ -20,15 +20,18 @@ CHECKPOINT_FORMAT = 1
 
 
 def checkpoint_dict(spec: dict[str, Any], state_dict: dict[str, torch.Tensor], epoch: int, loss: float,
-                    workflow: str, monitor: str, monitor_value: float | None = None) -> dict[str, Any]:
+                    workflow: str, monitor: str, monitor_value: float | None = None,
+                    data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint format the prediction stage reads.
 
     ``val_loss`` is the epoch's validation loss (training loss without validation data);
-    ``monitor_value`` the value of the monitored quantity (that loss, or the IoU/F1).
+    ``monitor_value`` the value of the monitored quantity (that loss, or the IoU/F1);
+    ``data`` what prediction needs to know about the training data (plain numbers, e.g.
+    ``object_diameter``: inference/rescale.py).
     """
     return {"format": CHECKPOINT_FORMAT, "model": dict(spec), "state_dict": state_dict, "epoch": int(epoch),
             "val_loss": float(loss), "monitor": monitor, "workflow": workflow,
-            "monitor_value": float(loss if monitor_value is None else monitor_value)}
+            "monitor_value": float(loss if monitor_value is None else monitor_value), "data": dict(data or {})}
 
 
 def save_checkpoint(path: str | Path, ckpt: dict[str, Any]) -> None:

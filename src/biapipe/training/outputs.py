@@ -62,15 +62,17 @@ def monitored_row(history: list[dict[str, float]], epoch: int, monitor: str) -> 
     return float(loss), float(value)
 
 
-def write_outputs(out_dir: Path, run: Any, spec: dict[str, Any], workflow: str, monitor: str) -> None:
-    """best.pt, last.pt, history.csv and training_curve.png of a finished run."""
+def write_outputs(out_dir: Path, run: Any, spec: dict[str, Any], workflow: str, monitor: str,
+                  data: dict[str, Any] | None = None) -> None:
+    """best.pt, last.pt, history.csv and training_curve.png of a finished run; ``data`` is what the
+    checkpoints record about the training data (e.g. its object diameter)."""
     state = run.state
     best_state = state.best_state if state.best_state is not None else cpu_state(run.model)
     best_loss, best_value = monitored_row(state.history, state.best_epoch, monitor)
     last_loss, last_value = monitored_row(state.history, state.epoch, monitor)
     save_checkpoint(out_dir / "best.pt", checkpoint_dict(spec, best_state, state.best_epoch, best_loss, workflow,
-                                                         monitor, best_value))
+                                                         monitor, best_value, data))
     save_checkpoint(out_dir / "last.pt", checkpoint_dict(spec, cpu_state(run.model), state.epoch, last_loss,
-                                                         workflow, monitor, last_value))
+                                                         workflow, monitor, last_value, data))
     write_history(out_dir / "history.csv", state.history)
     plot_history(out_dir / "training_curve.png", state.history, state.best_epoch, monitor)
