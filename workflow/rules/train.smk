@@ -44,12 +44,13 @@ rule train:
 
 
 # What automatic planning chose and why (train.plan: auto), written once per plan: nothing
-# reads it, so a changed fingerprint that changes no choice reruns this file only.
+# reads it, so a changed fingerprint that changes no choice reruns this file only; a config that
+# writes out the planned values (results/{experiment}/config.yaml) reruns nothing.
 rule plan:
     output:
         f"{OUT}/model/plan.json",
     params:
-        plan=smk.rerun_key(PLAN.planning.as_dict()),
+        plan=smk.rerun_key(PLAN.planning.meaning()),
     log:
         f"{OUT}/logs/plan.log",
     localrule: True

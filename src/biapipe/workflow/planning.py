@@ -59,10 +59,18 @@ class PlanRecord:
     fingerprint: dict[str, Any] | None = None
     choices: dict[str, dict[str, Any]] = field(default_factory=dict)
     written: list[str] = field(default_factory=list)
+    #: every planned key's value in the end, chosen or written
+    values: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"plan": self.mode, "fingerprint": self.fingerprint, "choices": self.choices,
                 "kept_as_written": sorted(self.written)}
+
+    def meaning(self) -> dict[str, Any]:
+        """What the plan amounts to: the data's fingerprint and the planned keys' values, whoever
+        set them. The plan record is rewritten when this changes, not when a config spells out
+        what was planned."""
+        return {"plan": self.mode, "fingerprint": self.fingerprint, "values": self.values}
 
 
 def written_keys(raw: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -94,12 +102,18 @@ class Planner:
         section written as a value, e.g. ``augment: {}``, still leaves its keys free)."""
         return key not in self.written
 
+    def keep(self, key: str) -> None:
+        """A planned key the config wrote: kept, and its value recorded as the plan's."""
+        self.record.written.append(key)
+        self.record.values[key] = self.get(key)
+
     def choose(self, key: str, value: Any, why: str) -> None:
         if not self.is_free(key):
-            self.record.written.append(key)
+            self.keep(key)
             return
         self.cfg = self.cfg.with_value(key, value)
         self.record.choices[key] = {"value": value, "why": why}
+        self.record.values[key] = value
 
     # ------------------------------------------------------------------ decisions
     @property
@@ -116,6 +130,14 @@ class Planner:
     def object_scale(self, task: Task) -> None:
         objects = self.objects
         if not (task.measures_objects and objects):
+            return
+        voxel = self.cfg["data"]["voxel_size"]
+        anisotropy = float(voxel[0]) / float(min(voxel[1:])) if voxel and len(voxel) == 3 else 1.0
+        if anisotropy > 2:
+            why = (f"z spacing {anisotropy:g} times the YX spacing: zooming would cost the few z planes the stacks "
+                   "have, so images keep their own scale")
+            self.choose("train.object_diameter", None, why)
+            self.choose("predict.rescale", False, why)
             return
         median = float(objects["diameter_median"])
         value = int(min(max(quantize_diameter(median), SCALE_BOUNDS[0]), SCALE_BOUNDS[1]))
@@ -151,6 +173,8 @@ class Planner:
                 patch = [self._patch_z(side, sides), side, side]
                 why += f"; z: {patch[0]} from the voxel size"
             self.choose("train.patch_size", patch, why)
+        else:
+            self.keep("train.patch_size")
         patch = [int(p) for p in self.get("train.patch_size")]
         need = 3 * diameter if diameter else 48
         depth = next((d for d in range(2, 6) if receptive_field(d) >= need), 5)
@@ -190,6 +214,8 @@ class Planner:
             per_epoch = _pow2(total / TARGET_EPOCHS, max(64, batch), 1024)
             self.choose("train.patches_per_epoch", per_epoch,
                         f"about {TARGET_EPOCHS} epochs of a power-of-two number of patches")
+        else:
+            self.keep("train.patches_per_epoch")
         per_epoch = int(self.get("train.patches_per_epoch"))
         epochs = max(1, round(total / per_epoch))
         self.choose("train.epochs", epochs,

@@ -102,6 +102,11 @@ def test_3d_plans_z_from_the_voxel_size():
     # z is pooled once its spacing (4, doubling when pooled) is at most twice the YX one (1, 2, 4, ...)
     assert cfg["train"]["model"]["pool_z"] == [False, True, True][: cfg["train"]["model"]["depth"]]
     assert "train.model.pool_z" in record.choices
+    # z spacing 4x the YX one: zooming would cost z planes, so the stacks keep their own scale
+    assert cfg["train"]["object_diameter"] is None and cfg["predict"]["rescale"] is False
+    assert "z spacing 4" in record.choices["predict.rescale"]["why"]
+    iso, _ = plan(raw(ndim=3, data={"train": {"images": "x", "labels": "y"}, "voxel_size": [1.0, 1.0, 1.0]}), fp)
+    assert iso["train"]["object_diameter"] == 19 and iso["predict"]["rescale"] is True  # 20 px -> 2^(17/4)
 
 
 def test_plan_none_and_demo_data():
@@ -173,6 +178,9 @@ def test_a_planned_config_spelled_out_plans_the_same(tmp_path, monkeypatch):
     assert smk.train_params(again.cfg) == smk.train_params(first.cfg)
     assert smk.predict_params(again.cfg) == smk.predict_params(first.cfg)
     assert not again.planning.choices  # everything was written
+    # so model/plan.json (rule plan: rerun on the meaning of the plan) is not rewritten either
+    assert again.planning.meaning() == first.planning.meaning()
+    assert set(again.planning.written) == set(first.planning.choices)
     add(4)
     more = smk.make_plan(given, tmp_path)
     assert smk.train_params(more.cfg) == smk.train_params(first.cfg)
