@@ -63,6 +63,7 @@ rule prepare:
         workflow=CFG["workflow"],
         targets=smk.rerun_key(CFG["targets"]),
         halo=str(TASK.target_halo()),
+        object_diameter=CFG["train"]["object_diameter"],
         **({} if TASK.labels_are_files else {"label": W.train_label_value}),
     log:
         f"{OUT}/logs/prepare/{{image}}.log",

@@ -60,3 +60,18 @@ rule package_model:
     run:
         stages.package_model(checkpoint=input.best, tuning=input.tuning[0] if input.tuning else None, out=output[0],
                              log=log[0])
+
+
+# What automatic planning chose and why (train.plan: auto), written once per plan: nothing
+# reads it, so a changed fingerprint that changes no choice reruns this file only; a config that
+# writes out the planned values (results/{experiment}/config.yaml) reruns nothing.
+rule plan:
+    output:
+        f"{OUT}/model/plan.json",
+    params:
+        plan=smk.rerun_key(PLAN.planning.meaning()),
+    log:
+        f"{OUT}/logs/plan.log",
+    localrule: True
+    run:
+        stages.write_plan(record=PLAN.planning.as_dict(), out=output[0], log=log[0])

@@ -137,9 +137,14 @@ def rerun_key(value: Any) -> str:
 TRAIN_RUNTIME_KEYS = ("device", "threads", "num_workers", "gpus", "memory_gb")
 
 
+#: train.* keys that act only through the values the planner chooses (which are config values
+#: themselves): changing them alone never retrains.
+TRAIN_PLANNING_KEYS = ("plan", "budget_minutes")
+
+
 def training_keys(train: Mapping[str, Any]) -> dict[str, Any]:
-    """train.* that determines the trained weights: without runtime keys and debug samples."""
-    out = {k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS}
+    """train.* that determines the trained weights: without runtime and planning keys and debug samples."""
+    out = {k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS + TRAIN_PLANNING_KEYS}
     if isinstance(out.get("augment"), Mapping):
         out["augment"] = {k: v for k, v in out["augment"].items() if k != "debug_samples"}
     return out

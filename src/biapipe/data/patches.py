@@ -14,7 +14,7 @@ small images is not dominated by the small ones as uniform picking would make it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from ..core.errors import InputError
 from .augment import AugmentDraw, Augmenter
+from .scale import training_diameter
 from .sources import PathPair, Sample, check_consistent, load_samples
 
 #: Distinct streams of random numbers derived from the one config seed.
@@ -178,6 +179,9 @@ class PatchData:
     val: ValPatches | None
     in_channels: int
     target_is_class_map: bool
+    #: what the checkpoint records about the training data (``object_diameter``: the typical object
+    #: diameter at the scale the network was trained at, which prediction brings test images to)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def build_datasets(cfg: dict[str, Any], task: Foreground, train_pairs: Sequence[PathPair],
@@ -201,5 +205,7 @@ def build_datasets(cfg: dict[str, Any], task: Foreground, train_pairs: Sequence[
                          cfg["seed"], Augmenter.from_config(cfg), augment_on_device)
     val = ValPatches(PatchSampler(val_samples, patch_size, fraction), tcfg["val_patches"], cfg["seed"]) \
         if val_samples else None
+    diameter = training_diameter([target for _, target in train_pairs])
     return PatchData(train=train, val=val, in_channels=int(train_samples[0].image.shape[0]),
-                     target_is_class_map=train_samples[0].target.dtype.kind in "iu")
+                     target_is_class_map=train_samples[0].target.dtype.kind in "iu",
+                     meta={} if diameter is None else {"object_diameter": diameter})

@@ -21,18 +21,20 @@ CHECKPOINT_FORMAT = 1
 
 def checkpoint_dict(spec: dict[str, Any], state_dict: dict[str, torch.Tensor], epoch: int, loss: float,
                     workflow: str, monitor: str, monitor_value: float | None = None,
-                    config: dict[str, Any] | None = None) -> dict[str, Any]:
+                    config: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint format the prediction stage reads.
 
     ``val_loss`` is the epoch's validation loss (training loss without validation data);
     ``monitor_value`` the value of the monitored quantity (that loss, or the IoU/F1);
     ``config`` the experiment config sections a run that starts from this model takes
-    (``models.info.model_meta``); ``tuned`` is added by :func:`package_checkpoint`.
+    (``models.info.model_meta``); ``data`` what prediction needs to know about the training data
+    (plain numbers, e.g. ``object_diameter``: inference/rescale.py); ``tuned`` is added by
+    :func:`package_checkpoint`.
     """
     return {"format": CHECKPOINT_FORMAT, "model": dict(spec), "state_dict": state_dict, "epoch": int(epoch),
             "val_loss": float(loss), "monitor": monitor, "workflow": workflow,
             "monitor_value": float(loss if monitor_value is None else monitor_value),
-            "config": dict(config or {}), "tuned": None}
+            "config": dict(config or {}), "data": dict(data or {}), "tuned": None}
 
 
 def package_checkpoint(checkpoint: str | Path, tuned: dict[str, Any] | None, out: str | Path) -> None:

@@ -28,6 +28,8 @@ from .rdf import is_package, read_package_info
 CARRIED = ("workflow", "ndim", "data", "normalize", "targets", "postprocess")
 #: Keys of ``data`` a model carries (the rest describes the training data, not the model).
 CARRIED_DATA = ("axes", "voxel_size")
+#: Keys of ``predict`` a model carries: prediction at the object scale it was trained at.
+CARRIED_PREDICT = ("rescale",)
 
 
 @dataclass(frozen=True)
@@ -148,4 +150,5 @@ def model_meta(cfg: dict[str, Any]) -> dict[str, Any]:
     the model takes as its own unless it sets them (``model_config``)."""
     out = {k: plain(cfg[k]) for k in CARRIED if k != "data"}
     out["data"] = {k: plain(cfg["data"][k]) for k in CARRIED_DATA}
+    out["predict"] = {k: plain(cfg["predict"][k]) for k in CARRIED_PREDICT if k in cfg["predict"]}
     return out

@@ -16,7 +16,8 @@ from torch import nn
 from ..core.errors import ConfigError
 from .classifier import ARCH, build_classifier
 from .layers import NORMS
-from .unet import UNET_ARCHITECTURES, build_unet, pool_factors
+from .pooling import pool_factors
+from .unet import UNET_ARCHITECTURES, build_unet
 
 #: arch -> builder of the network a spec describes (weights freshly drawn from torch's RNG).
 ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {

@@ -58,6 +58,9 @@ class Task:
     #: bytes per voxel that post-processing of a whole image holds besides the prediction
     #: (what decides, with the prediction itself, whether an image fits ``predict.memory_gb``)
     postprocess_bytes_per_voxel: ClassVar[int] = 16
+    #: whether automatic planning (``train.plan: auto``) may choose the normalization and the
+    #: zoom and intensity augmentations; False for workflows that learn a fixed intensity map
+    plans_appearance: ClassVar[bool] = True
     #: a training image too large to prepare whole is prepared block by block (the task's targets
     #: come from label regions with :meth:`target_halo`); False: always whole
     prepares_by_block: ClassVar[bool] = True
@@ -70,6 +73,10 @@ class Task:
     #: per-image details beside metrics/{image}.csv, as metrics/{image}_{details_name}.csv (e.g. the
     #: scored matches that average precision ranks over the whole data set); None: no details
     details_name: ClassVar[str | None] = None
+    #: whether the workflow's outputs are objects whose size can be measured: only then are
+    #: training images brought to ``train.object_diameter`` and test images to the model's scale
+    #: (``predict.rescale``; docs/architecture.md, "object scale")
+    measures_objects: ClassVar[bool] = False
     #: the per-image column of metrics.csv that ranks test images for the report (higher is better)
     main_metric: str = ""
     #: the summary.csv column that is a run's headline score, and what it measures, in words
@@ -247,6 +254,29 @@ class Task:
     def prediction_attrs(self) -> dict[str, Any]:
         """What a stored prediction records about the task besides the model and tiles; none by default."""
         return {}
+
+    # ------------------------------------------------------------------ object scale (measures_objects)
+    def label_diameter(self, label: Any, path: str | Path | None = None) -> float | None:
+        """Typical object diameter of a ground truth (what read_label returned), in units of the
+        smallest voxel edge; None when there is nothing to measure."""
+        return None
+
+    def prediction_diameter(self, prediction: np.ndarray) -> float | None:
+        """Typical object diameter in one activated (Z)YXC prediction, from the objects its
+        post-processing finds with the configured (never the tuned) thresholds; None: none found."""
+        return None
+
+    # ------------------------------------------------------------------ planning (train.plan: auto)
+    def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
+        """What planning measures in one (Z)YX ground truth crop (``data.scale.object_stats``:
+        diameter, count, foreground share, crowding); None: nothing to measure."""
+        return None
+
+    def planned(self, fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
+                has_validation: bool) -> list[tuple[str, Any, str]]:
+        """The workflow's own planned keys as (dotted key, value, why), from the data's fingerprint
+        (None for demo data) and the config planned so far; the planner keeps any the user wrote."""
+        return []
 
     # ------------------------------------------------------------------ post-processing
     def postprocess(self, prediction: np.ndarray) -> Any:

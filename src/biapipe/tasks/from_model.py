@@ -40,6 +40,15 @@ def config_with_model(given: Mapping[str, Any]) -> Section:
     return validate_config(raw)
 
 
+def model_layer(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """What a config's ``model`` or ``train.init`` brings beneath the keys it writes ({} without
+    either): keys automatic planning leaves alone, as it leaves the written ones."""
+    if raw.get("model"):
+        return dict(read_model_info(raw["model"]).config)
+    init = (raw.get("train") or {}).get("init")
+    return init_layer(read_model_info(init), raw) if init else {}
+
+
 def check_agrees(raw: Mapping[str, Any], info: ModelInfo, key: str) -> None:
     """A workflow or dimensionality the config states must be the model's."""
     for name, theirs in (("workflow", info.workflow), ("ndim", info.ndim)):

@@ -235,7 +235,7 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
         best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
             if run.state.history else (math.nan, math.nan)
         if finished and main:
-            write_outputs(out_dir, run, spec, task.name, monitor, model_meta(cfg))
+            write_outputs(out_dir, run, spec, task.name, monitor, model_meta(cfg), getattr(data, "meta", {}))
             resume_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 resume_path.parent.rmdir()

@@ -63,16 +63,17 @@ def monitored_row(history: list[dict[str, float]], epoch: int, monitor: str) -> 
 
 
 def write_outputs(out_dir: Path, run: Any, spec: dict[str, Any], workflow: str, monitor: str,
-                  config: dict[str, Any] | None = None) -> None:
-    """best.pt, last.pt (recording ``config``: ``models.info.model_meta``), history.csv and
-    training_curve.png of a finished run."""
+                  config: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+    """best.pt, last.pt, history.csv and training_curve.png of a finished run; the checkpoints
+    record ``config`` (``models.info.model_meta``) and ``data``, what they need to know about the
+    training data (e.g. its object diameter)."""
     state = run.state
     best_state = state.best_state if state.best_state is not None else cpu_state(run.model)
     best_loss, best_value = monitored_row(state.history, state.best_epoch, monitor)
     last_loss, last_value = monitored_row(state.history, state.epoch, monitor)
     save_checkpoint(out_dir / "best.pt", checkpoint_dict(spec, best_state, state.best_epoch, best_loss, workflow,
-                                                         monitor, best_value, config))
+                                                         monitor, best_value, config, data))
     save_checkpoint(out_dir / "last.pt", checkpoint_dict(spec, cpu_state(run.model), state.epoch, last_loss,
-                                                         workflow, monitor, last_value, config))
+                                                         workflow, monitor, last_value, config, data))
     write_history(out_dir / "history.csv", state.history)
     plot_history(out_dir / "training_curve.png", state.history, state.best_epoch, monitor)

@@ -28,23 +28,30 @@ from ..large.plan import is_large, memory_bytes, plan_for_shape, whole_image_byt
 from ..large.volumes import open_raw
 from ..models.info import ModelInfo, read_model_info
 from ..tasks import Task, get_task
-from ..tasks.from_model import config_with_model
+from ..tasks.from_model import config_with_model, model_layer
+from .planning import PlanRecord, plan_experiment
 
 #: Where parse-time header checks are cached (by file size and mtime).
 PROBE_CACHE = ".snakemake/biapipe/probe-cache.json"
 
 #: predict.* keys that change the predictions (threads, device and the large-image plan do not).
-PREDICT_KEYS = ("mode", "tile_size", "overlap", "blend", "precision", "trim", "tta")
+PREDICT_KEYS = ("mode", "tile_size", "overlap", "blend", "precision", "trim", "tta", "rescale")
 
 
-def load_config(given: Mapping[str, Any], basedir: str | Path) -> Section:
-    """The validated experiment config: config/config.yaml unless --configfile gave an experiment."""
+def raw_config(given: Mapping[str, Any], basedir: str | Path) -> dict[str, Any]:
+    """The experiment config as written: config/config.yaml unless --configfile gave an experiment."""
     if "experiment" in given:
-        return config_with_model(dict(given))
+        return dict(given)
     default = Path("config/config.yaml")
     if not default.is_file():
         default = Path(basedir).parent / "config" / "config.yaml"
-    return config_with_model(merge(yaml.safe_load(default.read_text()), dict(given)))
+    return merge(yaml.safe_load(default.read_text()), dict(given))
+
+
+def load_config(given: Mapping[str, Any], basedir: str | Path) -> Section:
+    """The validated experiment config (defaults filled in, with what its model brings; nothing
+    planned yet)."""
+    return config_with_model(raw_config(given, basedir))
 
 
 @dataclass
@@ -65,6 +72,8 @@ class Plan:
     headers: dict[str, tuple[tuple[int, ...], Any]] = field(default_factory=dict)
     #: one line per image sent block by block, saying why (printed when the workflow is parsed)
     routing: list[str] = field(default_factory=list)
+    #: what automatic planning chose and why (train.plan; written to model/plan.json)
+    planning: PlanRecord | None = None
 
     @property
     def out(self) -> str:
@@ -107,15 +116,24 @@ def discover_dataset(cfg: Section) -> Dataset:
 
 
 def make_plan(given: Mapping[str, Any], basedir: str | Path) -> Plan:
-    """Config, samples and header checks; a large image's block plan from its header."""
-    cfg = load_config(given, basedir)
+    """Config, samples, the planned keys (``train.plan: auto``, from the config as written) and
+    header checks; a large image's block plan from its header."""
+    raw = raw_config(given, basedir)
+    cfg = config_with_model(raw)
     ds = discover_dataset(cfg)
     if cfg["model"] and (ds.train or ds.val):
         raise ConfigError("model", "predicts with a trained model, but the config has training images: to train "
                                    "starting from the model, set train.init instead")
     cfg = get_task(cfg).settled_config(ds)
+    if cfg["model"]:  # the model's config was planned when it was trained
+        planning = PlanRecord("model")
+    else:
+        cfg, planning = plan_experiment(merge(model_layer(raw), raw), cfg, ds, get_task(cfg))
     task = get_task(cfg)
-    plan = Plan(cfg, task, ds)
+    if cfg["predict"]["rescale"] and not task.measures_objects:
+        raise ConfigError("predict.rescale", f"the {cfg['workflow']} workflow has no objects to measure; "
+                                             "set it to false")
+    plan = Plan(cfg, task, ds, planning=planning)
     if not cfg["data"]["demo"]:
         plan.headers = check_dataset(ds, cfg, task.label_kind, cache_path=PROBE_CACHE,
                                      check_label=task.check_label_header)
@@ -241,7 +259,9 @@ def train_params(cfg: Section) -> dict[str, str]:
 
 
 def predict_params(cfg: Section) -> str:
-    return rerun_key({k: cfg["predict"][k] for k in PREDICT_KEYS})
+    """What changes the predictions: the predict keys and the test images' object diameter."""
+    return rerun_key({**{k: cfg["predict"][k] for k in PREDICT_KEYS},
+                      "object_diameter": cfg["data"]["object_diameter"]})
 
 
 def train_resources(cfg: Section) -> dict[str, Any]:
@@ -312,7 +332,8 @@ def report_inputs(plan: Plan) -> list[str]:
     large, scored = set(plan.large_ids), set(plan.scored_ids)
     batched = {i for ids in plan.batches.values() for i in ids}
     outs = [plan.model_file] if plan.predict_only else \
-        [f"{out}/model/best.pt", f"{out}/model/model.pt", f"{out}/model/training_curve.png"]
+        [f"{out}/model/best.pt", f"{out}/model/model.pt", f"{out}/model/training_curve.png",
+         f"{out}/model/plan.json"]
     outs += [output_path(plan, i, i in large) for i in plan.ids("test") if i not in scored and i not in batched]
     outs += [batch_marker(plan, "postprocess", name) for name, ids in plan.batches.items()
              if any(i not in scored for i in ids)]

@@ -22,9 +22,11 @@ from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
 from ..data.lazy import open_lazy
 from ..data.normalize import check_finite, normalize
+from ..data.scale import resize_image, resize_labels, scale_factor, scaled_shape, stored_scale
 from ..data.samples import Sample
 from ..data.sources import index_chunks
 from ..data.validate import probe, spatial_shape
+from ..inference.rescale import predict_at_training_scale
 from ..large.plan import is_block_prediction
 from ..large.prepare import dataset_stats_bounded, fits, prepare_blockwise
 from ..tasks.base import Task
@@ -77,6 +79,12 @@ def demo_data(*, task: Task) -> None:
 
 
 @stage
+def write_plan(*, record: dict[str, Any], out: str) -> None:
+    """model/plan.json: the planned keys with their values and reasons, and the data's fingerprint."""
+    imageio.write_json(out, record)
+
+
+@stage
 def manifest(*, files: dict[str, list[str]], out: str) -> None:
     """A rule's many inputs as one file (rules/train.smk: keeps planning linear)."""
     imageio.write_json(out, {k: [str(f) for f in v] for k, v in files.items()})
@@ -116,21 +124,40 @@ def normalize_stats(*, manifest: str, out: str, ndim: int, axes: str | None, nor
 
 @stage
 def prepare(*, image: str, label: str, image_out: str, targets_out: str, task: Task, axes: str | None,
-            normalize: dict[str, Any], memory_gb: float, patch_size: Sequence[int], stats: str | None = None) -> None:
+            normalize: dict[str, Any], memory_gb: float, patch_size: Sequence[int], stats: str | None = None,
+            object_diameter: float | None = None, logger: logging.Logger) -> None:
     """A training/validation image: its normalized copy (as the network sees it: the task's
     ``training_input`` and ``network_input``) and its targets, in one job; block by block when
     preparing it whole would not fit ``memory_gb`` (tasks that prepare by block), then stored in
-    chunks that training reads patch by patch (data/sources.py)."""
+    chunks that training reads patch by patch (data/sources.py). With ``object_diameter``
+    (``train.object_diameter``) the image and its label are first zoomed so that the label's
+    typical object has that diameter; the stores record the zoom, the original shape and the
+    original diameter."""
     if task.prepares_by_block and not fits(image, task.ndim, axes, memory_gb):
+        if object_diameter:
+            logger.info("%s is prepared block by block, at its own scale (train.object_diameter applies to "
+                        "images that fit train.memory_gb)", image)
         prepare_blockwise(image, label, image_out, targets_out, task, axes, normalize, _stats(stats), memory_gb,
                           lambda shape: index_chunks(shape[:-1], patch_size) + tuple(shape[-1:]))
         return
     raw = task.training_input(imageio.read_image(image, task.ndim, axes), imageio.image_id(image))
     norm = np.asarray(task.network_input(normalized_array(raw, image, normalize, _stats(stats))))
-    imageio.write_zarr(image_out, norm, chunks=zarr_chunks(norm.shape, task.ndim), attrs={"source": str(image)})
     truth = task.read_label(label, image_shape(image, task.ndim, axes))
+    source_shape = list(norm.shape[:-1])
+    diameter = task.label_diameter(truth, label) if task.measures_objects else None
+    factor = scale_factor(object_diameter, diameter)
+    if factor != 1.0:
+        shape = scaled_shape(norm.shape[:-1], factor)
+        norm, truth = resize_image(norm, shape), resize_labels(truth, shape)
+        logger.info("object diameter %.1f px -> %g px: zoomed by %.3g to %s", diameter, object_diameter, factor,
+                    "x".join(map(str, shape)))
+    scale = {"scale": factor, "source_shape": source_shape,
+             **({"object_diameter": diameter} if diameter is not None else {})}
+    imageio.write_zarr(image_out, norm, chunks=zarr_chunks(norm.shape, task.ndim),
+                       attrs={"source": str(image), **scale})
     target = task.make_targets(truth, label)
-    imageio.write_zarr(targets_out, target, chunks=zarr_chunks(target.shape, task.ndim), attrs={"source": str(label)})
+    imageio.write_zarr(targets_out, target, chunks=zarr_chunks(target.shape, task.ndim),
+                       attrs={"source": str(label), **scale})
 
 
 # --------------------------------------------------------------------------- train
@@ -168,25 +195,35 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
             predict: Section, threads: int | None = None, stats: str | None = None, large: bool = False,
             normalized: bool = False, logger: logging.Logger) -> None:
     """Predict one image. A raw image is normalized here, in memory; ``normalized`` images
-    (validation images, normalized for training) are read as they are; ``large`` images go
-    block by block (``predict.large_voxels`` / ``large_images``)."""
+    (validation images, prepared for training) are read as they are, at the scale they were
+    prepared at, and their prediction is zoomed back to the original grid; ``large`` images go
+    block by block (``predict.large_voxels`` / ``large_images``), at their own scale."""
     pcfg = with_threads(predict, threads)
     if large:
         from ..large.run import predict_large
 
+        if pcfg["rescale"] and task.measures_objects:
+            logger.info("predict.rescale does not apply to images predicted block by block: %s is predicted at "
+                        "its own scale", image)
         cfg = task.cfg.replace(predict=pcfg)
         predict_large(model, image, out, task, cfg, _stats(stats), log=logger)
         return
-    # validation images were normalized (and given their network input) for training
-    array = imageio.read_array(image) if normalized else \
-        task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
-    _write_prediction(out, predict_array(model, image, array, task, pcfg), task, model, pcfg)
+    if normalized:  # validation images were normalized (and given their network input) for training
+        array, prepared = imageio.read_array(image), stored_scale(image)
+        result = predict_array(model, image, array, task, pcfg)
+        if prepared["scale"] != 1.0 and prepared["source_shape"]:
+            result = resize_image(result, prepared["source_shape"])
+        _write_prediction(out, result, task, model, pcfg, {"scale": prepared["scale"]})
+        return
+    array = task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
+    result, scale = _predict_rescaled(model, image, array, task, pcfg, logger)
+    _write_prediction(out, result, task, model, pcfg, scale)
 
 
 @stage
 def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], marker: str, task: Task,
                   axes: str | None, normalize: dict[str, Any], predict: Section, threads: int | None = None,
-                  stats: str | None = None) -> None:
+                  stats: str | None = None, logger: logging.Logger) -> None:
     """Predict a batch of test images with one model load, each into its own output. The next
     image is read and normalized while the current one is predicted, and outputs are written in
     the background, so a GPU is not left waiting for the disk."""
@@ -204,11 +241,24 @@ def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], mar
         for k, (image, out) in enumerate(zip(images, outs, strict=True)):
             array = next_image.result()
             next_image = reader.submit(load, images[k + 1]) if k + 1 < len(images) else None
-            result = predict_array(model, image, array, task, pcfg)
-            written.append(writer.submit(_write_prediction, out, result, task, model, pcfg))
+            result, scale = _predict_rescaled(model, image, array, task, pcfg, logger)
+            written.append(writer.submit(_write_prediction, out, result, task, model, pcfg, scale))
         for future in written:
             future.result()
     imageio.write_text(marker, f"{len(images)} images predicted\n")
+
+
+def _predict_rescaled(model: str, image: str, array: np.ndarray, task: Task, pcfg: Section,
+                      logger: logging.Logger) -> tuple[np.ndarray, dict[str, Any]]:
+    """The prediction of one normalized test image, at the model's object scale when
+    ``predict.rescale`` is on (inference/rescale.py), and what was done (prediction attrs)."""
+    if not (pcfg["rescale"] and task.measures_objects):
+        return predict_array(model, image, array, task, pcfg), {}
+    from ..inference.predictor import load_predictor
+
+    return predict_at_training_scale(lambda a: predict_array(model, image, a, task, pcfg), array,
+                                     load_predictor(model, pcfg["device"]).meta, task.prediction_diameter,
+                                     task.cfg["data"]["object_diameter"], logger, image)
 
 
 def predict_array(model: str, image: str | None, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
@@ -228,9 +278,10 @@ def predict_array(model: str, image: str | None, array: np.ndarray, task: Task, 
                          predictor.activation(trained.activate), predictor.divisor, predictor.device)
 
 
-def _write_prediction(out: str, result: np.ndarray, task: Task, model: str, pcfg: Section) -> None:
+def _write_prediction(out: str, result: np.ndarray, task: Task, model: str, pcfg: Section,
+                      scale: dict[str, Any] | None = None) -> None:
     attrs = {"model": str(model), "mode": pcfg["mode"], "tile_size": list(pcfg["tile_size"]),
-             "overlap": pcfg["overlap"], **task.prediction_attrs()}
+             "overlap": pcfg["overlap"], **task.prediction_attrs(), **(scale or {})}
     chunks = zarr_chunks(result.shape, task.ndim) if result.ndim == task.ndim + 1 else None
     imageio.write_zarr(out, result.astype(np.float32, copy=False), chunks=chunks, attrs=attrs)
 

@@ -150,7 +150,7 @@ class Wiring:
         return dict(image=input.image, label=self.train_label_value(wildcards), image_out=output.image,
                     targets_out=output.targets, task=self.task, axes=self.axes, normalize=self.cfg["normalize"],
                     memory_gb=self.cfg["train"]["memory_gb"], patch_size=self.cfg["train"]["patch_size"],
-                    stats=self._stats(input))
+                    stats=self._stats(input), object_diameter=self.cfg["train"]["object_diameter"])
 
     def predict(self, input: Any, output: Any, wildcards: Any, threads: int) -> dict[str, Any]:
         return dict(model=input.model, image=input.image, out=output[0], task=self.task, axes=self.axes,

@@ -131,6 +131,12 @@ def instance_postprocess(prediction: np.ndarray, channels: Sequence[str], params
     return clean_labels(labels, params)
 
 
+def object_mask(prediction: np.ndarray, channels: Sequence[str], params: InstanceParams) -> np.ndarray:
+    """The growth mask of a (Z)YXC prediction: where objects are, whoever they belong to."""
+    maps = split_channels(z_median(np.asarray(prediction, dtype=np.float32), params.z_median), channels)
+    return growth_mask(maps, resolve_thresholds(maps, params))
+
+
 def split_channels(prediction: np.ndarray, channels: Sequence[str]) -> dict[str, np.ndarray]:
     return {name: prediction[..., c] for c, name in enumerate(channels)}
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not
 from ...core import imageio
 from ...core.errors import ConfigError, InputError
 from ...data.blocks import Block
+from ...data.scale import median_diameter, object_stats
 from ...large.plan import halo
 from ...large.volumes import open_raw
 from ..base import quiet
@@ -40,7 +41,8 @@ from .large import (
 )
 from .metrics import matching_metrics, summarize_matching, threshold_key
 from .objects import object_table_blocks
-from .postprocess import InstanceParams, instance_postprocess, label_dtype, object_table
+from .planning import plan_instance
+from .postprocess import InstanceParams, instance_postprocess, label_dtype, object_mask, object_table
 from .ranking import coco_ap, matches_table
 from .targets import (
     BINARY_CHANNELS,
@@ -70,6 +72,7 @@ class InstanceTask(LabelImageTask):
     #: the watershed holds about a dozen float/int temporaries per voxel
     postprocess_bytes_per_voxel: ClassVar[int] = 64
     details_name: ClassVar[str | None] = "matches"
+    measures_objects: ClassVar[bool] = True
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__(cfg)
@@ -121,6 +124,21 @@ class InstanceTask(LabelImageTask):
         true = quiet(instance_postprocess, target, self.channels, self.params, self.voxel_size)
         m = matching_metrics(pred, true, [0.5])
         return int(m["tp@0.5"]), int(m["fp@0.5"]), int(m["fn@0.5"])
+
+    def label_diameter(self, label: np.ndarray, path: str | Path | None = None) -> float | None:
+        return median_diameter(prepare_labels(label, path), self.spec.sampling(self.ndim))
+
+    def prediction_diameter(self, prediction: np.ndarray) -> float | None:
+        """Of the growth mask with the configured thresholds, never the tuned ones: prediction must
+        not depend on whether the tuning job has run yet."""
+        return median_diameter(object_mask(prediction, self.channels, self.params), self.spec.sampling(self.ndim))
+
+    def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
+        return object_stats(prepare_labels(label), self.spec.sampling(self.ndim))
+
+    def planned(self, fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
+                has_validation: bool) -> list[tuple[str, Any, str]]:
+        return plan_instance(fingerprint, cfg, has_validation)
 
     # ------------------------------------------------------------------ prediction side
     def activate(self, logits: torch.Tensor) -> torch.Tensor:

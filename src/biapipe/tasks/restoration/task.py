@@ -45,6 +45,8 @@ class RestorationTask(Task):
     scores_patches: ClassVar[bool] = False
     #: inputs are degraded/upsampled and targets normalized per image set: prepared whole
     prepares_by_block: ClassVar[bool] = False
+    #: dataset-scope normalization and geometric augmentation only (README, restoration)
+    plans_appearance: ClassVar[bool] = False
     main_metric = "psnr"
     main_score = "mean_psnr"
     main_score_name = "PSNR in dB (mean over test images)"

@@ -1,0 +1,92 @@
+"""Prediction at the training object scale (``predict.rescale``).
+
+A model records the typical object diameter of what it was trained on. A test image is
+predicted once as it is; the objects of that prediction give the image's own typical
+diameter (``measure``: the task's post-processing, see ``Task.prediction_diameter``); when it
+differs from the training diameter by more than ``data.scale.TOLERANCE``, the image is zoomed
+by their ratio and predicted again, and the diameter measured again, up to ``passes``
+predictions in all (a first pass at the wrong scale can split large objects or merge small
+ones, which biases the first estimate towards 1; the second pass at a better scale corrects
+most of it). The last prediction is zoomed back to the image's own shape, so everything
+downstream sees the image's grid. ``data.object_diameter`` gives the diameter instead and
+skips the estimate. Why the scale matters: docs/architecture.md, "object scale".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..data.scale import TOLERANCE, resize_image, scale_factor, scaled_shape
+
+Predict = Callable[[np.ndarray], np.ndarray]
+Measure = Callable[[np.ndarray], "float | None"]
+
+#: Predictions per image at most, the first one included.
+PASSES = 3
+
+
+def predict_rescaled(predict: Predict, image: np.ndarray, training_diameter: float | None, measure: Measure,
+                     given: float | None = None, passes: int = PASSES,
+                     log: logging.Logger | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``predict`` of a (Z)YXC image at the training scale, on the image's own grid, and what was
+    done: ``scale`` (the zoom used), ``object_diameter`` (the image's diameter, given or
+    estimated; None when no object was found) and ``passes`` (predictions made)."""
+    shape = tuple(image.shape[:-1])
+    if not training_diameter:
+        return predict(image), {"scale": 1.0, "object_diameter": given, "passes": 1}
+    if given:
+        factor = scale_factor(training_diameter, given)
+        return _back(_predict_at(predict, image, factor), shape), \
+            {"scale": factor, "object_diameter": float(given), "passes": 1}
+    factor, prediction = 1.0, predict(image)
+    diameter = measure(prediction)
+    made = 1
+    while diameter is not None and made < passes:
+        wanted = scale_factor(training_diameter, diameter)
+        if 1.0 / TOLERANCE <= wanted / factor <= TOLERANCE:
+            break
+        factor = wanted
+        prediction = _predict_at(predict, image, factor)
+        made += 1
+        seen = measure(prediction)
+        diameter = seen / factor if seen is not None else diameter
+    if log is not None:
+        found = "no objects found" if diameter is None else f"object diameter {diameter:.1f} px"
+        log.info("%s; training diameter %.1f px: predicted at scale %.3g (%d pass%s)", found,
+                 training_diameter, factor, made, "" if made == 1 else "es")
+    return _back(prediction, shape), {"scale": factor, "object_diameter": diameter, "passes": made}
+
+
+def training_diameter(meta: dict[str, Any]) -> float | None:
+    """The training object diameter a checkpoint records (``Predictor.meta``); None for checkpoints
+    of workflows without objects, or written before it was recorded."""
+    value = (meta.get("data") or {}).get("object_diameter")
+    return float(value) if value else None
+
+
+def predict_at_training_scale(predict: Predict, image: np.ndarray, meta: dict[str, Any], measure: Measure,
+                              given: float | None, log: logging.Logger, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`predict_rescaled` with the training diameter of a loaded model (its ``meta``), for
+    the image called ``name``; the returned record is what the stored prediction's attrs keep."""
+    diameter = training_diameter(meta)
+    if diameter is None:
+        log.info("the model records no object diameter of its training data: %s is predicted at its own scale", name)
+    result, info = predict_rescaled(predict, image, diameter, measure, given, log=log)
+    return result, {**info, "training_diameter": diameter}
+
+
+def _predict_at(predict: Predict, image: np.ndarray, factor: float) -> np.ndarray:
+    if factor == 1.0:
+        return predict(image)
+    return predict(resize_image(image, scaled_shape(image.shape[:-1], factor)))
+
+
+def _back(prediction: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The prediction on the image's own grid (linear: the maps are smooth probabilities/distances)."""
+    if tuple(prediction.shape[:-1]) == shape:
+        return prediction
+    return resize_image(prediction, shape)
