@@ -18,7 +18,7 @@ from .layers import CubicUpsample
 from .registry import build_model
 
 #: Modules joined into the standalone architecture source, in dependency order.
-STANDALONE_MODULES = ("layers.py", "unet.py", "classifier.py", "registry.py", "packaged.py")
+STANDALONE_MODULES = ("layers.py", "pooling.py", "unet.py", "classifier.py", "registry.py", "packaged.py")
 
 _ERROR_STAND_IN = """
 
