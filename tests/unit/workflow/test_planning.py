@@ -185,3 +185,18 @@ def test_a_planned_config_spelled_out_plans_the_same(tmp_path, monkeypatch):
     more = smk.make_plan(given, tmp_path)
     assert smk.train_params(more.cfg) == smk.train_params(first.cfg)
     assert more.planning.fingerprint["images"] == first.planning.fingerprint["images"] + 1
+
+
+def test_restoration_keeps_its_normalization_and_geometric_augmentation():
+    """A restoration network learns one intensity map: the planner must not switch it to
+    per-image normalization or add intensity and zoom augmentation (an instance run gets both)."""
+    restoration = {"experiment": "p", "workflow": "denoising", "ndim": 2,
+                   "data": {"train": {"images": "x", "targets": "y"}}, "normalize": {"scope": "dataset"}}
+    fp = {**DSB_LIKE, "objects": None}
+    cfg, record = plan(restoration, fp)
+    defaults = validate_config(restoration)
+    assert cfg["normalize"] == defaults["normalize"] and cfg["train"]["augment"] == defaults["train"]["augment"]
+    assert not any(k.startswith(("normalize.", "train.augment.")) for k in record.choices)
+    assert "train.epochs" in record.choices  # the rest is planned as for any workflow
+    instance, _ = plan(raw(), DSB_LIKE)
+    assert instance["normalize"]["scope"] == "image" and instance["train"]["augment"]["gamma"] == 0.3
