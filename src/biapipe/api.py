@@ -21,7 +21,7 @@ from .inference.predictor import load_predictor
 from .models.info import read_model_info
 from .tasks import get_task
 from .tasks.from_model import config_with_model
-from .workflow.stages import predict_array
+from .workflow.prediction import predict_array
 
 
 def predict(model: str | Path, image: np.ndarray, *, axes: str | None = None, probabilities: bool = False,

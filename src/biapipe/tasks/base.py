@@ -10,7 +10,6 @@ the workflow builds a task at every parse (docs/architecture.md, "start-up cost"
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,12 +20,11 @@ import pandas as pd
 from ..core import imageio
 from ..core.errors import BiapipeError, ConfigError, InputError
 from ..core.imageio import IMAGE_SUFFIXES
-from ..data import display
 from ..data.demo import demo_ids, make_demo_data
 from ..data.lazy import open_lazy
 from ..data.samples import Dataset, Sample, list_images, pair_split, split_validation
 from ..data.validate import check_label_image, probe
-from .gallery import Picture, ReportImage, caption, pick_examples
+from .gallery import GalleryHooks
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +33,7 @@ if TYPE_CHECKING:
     from ..data.sources import PathPair
 
 
-class Task:
+class Task(GalleryHooks):
     """Workflow-specific behaviour, configured by the validated experiment config."""
 
     #: value of the config's ``workflow`` key
@@ -416,27 +414,3 @@ class Task:
 
     def write_metrics_tables(self, metrics_csv: str | Path, paths: dict[str, str]) -> None:
         """Write :attr:`metrics_tables` from metrics.csv."""
-
-    # ------------------------------------------------------------------ report
-    def report_gallery(self, images: Sequence[ReportImage], folder: Path) -> list[Picture]:
-        """The report's pictures of test images, written as PNGs into ``folder``: by default the
-        best, median and worst image by :attr:`main_metric`, each drawn by :meth:`report_picture`."""
-        return [self.report_picture(image, role, folder / f"{k}_{role.replace(' ', '_')}_{image.id}.png")
-                for k, (role, image) in enumerate(pick_examples(images, self.main_metric))]
-
-    def report_picture(self, image: ReportImage, role: str, path: Path) -> Picture:
-        """One test image as a picture (default: the image alone; workflows draw their output on it)."""
-        view = display.view_for(display.image_shape(image.image, self.ndim, self.cfg["data"]["axes"]),
-                                self.cfg["report"]["max_side"])
-        fig = display.new_figure(1)
-        display.show(fig.add_subplot(1, 1, 1), display.image_plane(image.image, self.ndim, view,
-                                                                   self.cfg["data"]["axes"]), image.id)
-        return Picture(f"{role}: {image.id}", display.save_figure(fig, path), caption(image, [self.main_metric]))
-
-
-def quiet(fn: Any, *args: Any, category: type[Warning] = UserWarning) -> Any:
-    """``fn(*args)`` with warnings of ``category`` silenced (early models often yield none of
-    what post-processing looks for, and say so once per patch)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category)
-        return fn(*args)

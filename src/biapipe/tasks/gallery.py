@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..data import display
+
 
 @dataclass(frozen=True)
 class ReportImage:
@@ -80,3 +82,27 @@ def _format(value: Any) -> str:
     if np.isnan(number):
         return str(value) if not pd.isna(value) else "n/a"
     return f"{number:.4g}"
+
+
+class GalleryHooks:
+    """The report hooks every Task has (mixed into ``Task``): which test images the report
+    shows and how one is drawn; workflows override :meth:`report_picture`."""
+
+    ndim: int
+    cfg: Any
+    main_metric: str
+
+    def report_gallery(self, images: Sequence[ReportImage], folder: Path) -> list[Picture]:
+        """The report's pictures of test images, written as PNGs into ``folder``: by default the
+        best, median and worst image by :attr:`main_metric`, each drawn by :meth:`report_picture`."""
+        return [self.report_picture(image, role, folder / f"{k}_{role.replace(' ', '_')}_{image.id}.png")
+                for k, (role, image) in enumerate(pick_examples(images, self.main_metric))]
+
+    def report_picture(self, image: ReportImage, role: str, path: Path) -> Picture:
+        """One test image as a picture (default: the image alone; workflows draw their output on it)."""
+        view = display.view_for(display.image_shape(image.image, self.ndim, self.cfg["data"]["axes"]),
+                                self.cfg["report"]["max_side"])
+        fig = display.new_figure(1)
+        display.show(fig.add_subplot(1, 1, 1), display.image_plane(image.image, self.ndim, view,
+                                                                   self.cfg["data"]["axes"]), image.id)
+        return Picture(f"{role}: {image.id}", display.save_figure(fig, path), caption(image, [self.main_metric]))

@@ -18,27 +18,20 @@ import pandas as pd
 
 from ..core import imageio
 from ..core.config import Section
-from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
-from ..data.lazy import open_lazy
+from ..data.lazy import open_lazy, read_region
 from ..data.normalize import check_finite, normalize
 from ..data.scale import resize_image, resize_labels, scale_factor, scaled_shape, stored_scale
 from ..data.samples import Sample
 from ..data.sources import index_chunks
 from ..data.validate import probe, spatial_shape
-from ..inference.rescale import predict_at_training_scale
 from ..large.plan import is_block_prediction
 from ..large.prepare import dataset_stats_bounded, fits, prepare_blockwise
 from ..tasks.base import Task
 from .joblog import stage
+from .prediction import predict_array, predict_rescaled, write_prediction, zarr_chunks
 from .report import report_images, write_report
 from .smk import make_plan
-
-
-def zarr_chunks(shape: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    """Chunk (Z)YXC arrays in spatial blocks with all channels together."""
-    spatial = (16, 256, 256) if ndim == 3 else (512, 512)
-    return tuple(min(s, c) for s, c in zip(shape[:-1], spatial)) + (shape[-1],)
 
 
 def normalized_image(image: str, ndim: int, axes: str | None, cfg_normalize: dict[str, Any],
@@ -100,17 +93,9 @@ def check_test_data(images: Sequence[str], labels: Sequence[str | None], task: T
         spatial = image.shape[:-1]
         shape = choose_block_shape(spatial, image.chunks[:-1], memory_gb * 2**30, 4 * image.shape[-1])
         for block in block_grid(spatial, shape):
-            check_finite(_read(image, block.slices, path), path)
+            check_finite(read_region(image, block.slices, path), path)
         if label is not None and task.labels_are_files and not is_large:
             task.check_label(label, spatial)
-
-
-def _read(image: Any, region: tuple[slice, ...], path: str) -> np.ndarray:
-    """A region of a lazily opened image; a file that cannot be decoded there is named."""
-    try:
-        return image[region]
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
 
 
 @stage
@@ -213,11 +198,11 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
         result = predict_array(model, image, array, task, pcfg)
         if prepared["scale"] != 1.0 and prepared["source_shape"]:
             result = resize_image(result, prepared["source_shape"])
-        _write_prediction(out, result, task, model, pcfg, {"scale": prepared["scale"]})
+        write_prediction(out, result, task, model, pcfg, {"scale": prepared["scale"]})
         return
     array = task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
-    result, scale = _predict_rescaled(model, image, array, task, pcfg, logger)
-    _write_prediction(out, result, task, model, pcfg, scale)
+    result, scale = predict_rescaled(model, image, array, task, pcfg, logger)
+    write_prediction(out, result, task, model, pcfg, scale)
 
 
 @stage
@@ -241,49 +226,11 @@ def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], mar
         for k, (image, out) in enumerate(zip(images, outs, strict=True)):
             array = next_image.result()
             next_image = reader.submit(load, images[k + 1]) if k + 1 < len(images) else None
-            result, scale = _predict_rescaled(model, image, array, task, pcfg, logger)
-            written.append(writer.submit(_write_prediction, out, result, task, model, pcfg, scale))
+            result, scale = predict_rescaled(model, image, array, task, pcfg, logger)
+            written.append(writer.submit(write_prediction, out, result, task, model, pcfg, scale))
         for future in written:
             future.result()
     imageio.write_text(marker, f"{len(images)} images predicted\n")
-
-
-def _predict_rescaled(model: str, image: str, array: np.ndarray, task: Task, pcfg: Section,
-                      logger: logging.Logger) -> tuple[np.ndarray, dict[str, Any]]:
-    """The prediction of one normalized test image, at the model's object scale when
-    ``predict.rescale`` is on (inference/rescale.py), and what was done (prediction attrs)."""
-    if not (pcfg["rescale"] and task.measures_objects):
-        return predict_array(model, image, array, task, pcfg), {}
-    from ..inference.predictor import load_predictor
-
-    return predict_at_training_scale(lambda a: predict_array(model, image, a, task, pcfg), array,
-                                     load_predictor(model, pcfg["device"]).meta, task.prediction_diameter,
-                                     task.cfg["data"]["object_diameter"], logger, image)
-
-
-def predict_array(model: str, image: str | None, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:
-    """The task's activated prediction of one normalized image (tiles, or one pass for whole-image
-    tasks); ``image`` names it in errors."""
-    from ..inference.predict import predict_image
-    from ..inference.predictor import load_predictor
-
-    predictor = load_predictor(model, pcfg["device"])
-    expected = int(predictor.spec["in_channels"])
-    if array.shape[-1] != expected:
-        raise InputError(image, f"has {array.shape[-1]} channel(s) but the model {model} expects {expected}")
-    if task.whole_image:
-        return task.predict_whole(predictor, array)
-    trained = task if predictor.activated else task.for_model(predictor.meta)  # a package may come activated
-    return predict_image(predictor.model, np.asarray(array, dtype=np.float32), pcfg,
-                         predictor.activation(trained.activate), predictor.divisor, predictor.device)
-
-
-def _write_prediction(out: str, result: np.ndarray, task: Task, model: str, pcfg: Section,
-                      scale: dict[str, Any] | None = None) -> None:
-    attrs = {"model": str(model), "mode": pcfg["mode"], "tile_size": list(pcfg["tile_size"]),
-             "overlap": pcfg["overlap"], **task.prediction_attrs(), **(scale or {})}
-    chunks = zarr_chunks(result.shape, task.ndim) if result.ndim == task.ndim + 1 else None
-    imageio.write_zarr(out, result.astype(np.float32, copy=False), chunks=chunks, attrs=attrs)
 
 
 @stage

@@ -150,13 +150,15 @@ MESSAGES = {"truncated image": "cannot read|truncated", "label outside the class
 @pytest.mark.parametrize("kind", BAD_PIXELS)
 def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, tmp_path, monkeypatch) -> None:
     """Training and validation images meet the check in their prepare jobs, test images in the
-    train job before it trains: both run before training, and both name the input file."""
+    train job before it trains: both run before training, and both name the input file. (A
+    training image that cannot be read at all stops already at parse time, when automatic
+    planning measures it.)"""
     cfg = layout(tmp_path)
     image, label = (tmp_path / split / d / f"{split}1.tif" for d in ("images", "labels"))
     named = _break(kind, image, label)
-    plan = _plan(cfg, tmp_path, monkeypatch)
-    task = plan.task
     with pytest.raises(InputError, match=rf"{named.name}: .*({MESSAGES[kind]})"):
+        plan = _plan(cfg, tmp_path, monkeypatch)
+        task = plan.task
         if split == "test":
             samples = plan.test_samples
             ids = plan.ids("test")

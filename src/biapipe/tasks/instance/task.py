@@ -13,6 +13,8 @@ regressed signed distance would squash values the network already learned (0.76 
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -29,7 +31,6 @@ from ...data.blocks import Block
 from ...data.scale import median_diameter, object_stats
 from ...large.plan import halo
 from ...large.volumes import open_raw
-from ..base import quiet
 from ..label_images import LabelImageTask
 from .large import (
     create_raw_labels,
@@ -312,3 +313,11 @@ def _loss_weights(channels: Sequence[str], weights: Sequence[float] | None) -> l
         raise ConfigError("targets.instance.loss_weights",
                           f"has {len(weights)} entries but targets.instance.channels has {len(channels)}")
     return [float(w) for w in weights]
+
+
+def quiet(fn: Any, *args: Any, category: type[Warning] = UserWarning) -> Any:
+    """``fn(*args)`` with warnings of ``category`` silenced (early models often yield none of
+    what post-processing looks for, and say so once per patch)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        return fn(*args)
