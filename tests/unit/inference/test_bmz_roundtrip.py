@@ -31,7 +31,16 @@ WORKFLOWS = {
                  "postprocess": {"instance": {"tuned": True}}},
     "detection": {"targets": {"detection": {"classes": [1, 2]}}, "postprocess": {"detection": {"threshold": "tuned"}}},
     "classification": {"targets": {"classification": {"classes": ["a", "b", "c"]}}, "train": {"patch_size": [32, 32]}},
+    # restoration: one intensity map for the dataset (fixed statistics, as a model brings them)
+    "denoising": {"normalize": {"scope": "dataset", "stats": {"low": [20.0], "high": [230.0]}},
+                  "targets": {"denoising": {"channels": 1}}},
+    "super_resolution": {"normalize": {"scope": "dataset", "stats": {"low": [20.0], "high": [230.0]}},
+                         "targets": {"super_resolution": {"factor": 2, "channels": 1}}},
+    "image_to_image": {"normalize": {"scope": "dataset", "stats": {"low": [20.0], "high": [230.0]}},
+                       "targets": {"image_to_image": {"channels": ["dapi", "actin"]}}},
 }
+#: Restoration models store how their targets were normalized; prediction undoes it.
+TARGET_NORMALIZATION = {"offset": [500.0, 300.0], "scale": [100.0, 50.0]}  # counts: positive
 #: What each workflow's tuning file holds (the model carries it; the package must too).
 TUNED = {"instance": {"channels": ["foreground", "contour", "distance"],
                       "thresholds": {"seed_distance": 0.35, "seed_foreground": 0.45, "seed_contour": 0.3,
@@ -55,6 +64,8 @@ def model_file(folder: Path, workflow: str) -> tuple[Path, dict[str, Any]]:
                            "data": {"train": {"images": "x"}}, **extra,
                            "train": {"model": {"depth": 2, "width": 4}, **extra.get("train", {})}})
     spec = get_task(cfg).model_spec(1)
+    if "targets" in extra and any(k in extra["targets"] for k in ("denoising", "super_resolution", "image_to_image")):
+        spec["target_normalization"] = {k: v[:spec["out_channels"]] for k, v in TARGET_NORMALIZATION.items()}
     torch.manual_seed(1)
     net = build_model(spec)
     with torch.no_grad():  # batch-norm statistics of a trained network, not the identity
