@@ -83,7 +83,7 @@ def test_tolerance_change_reruns_only_postprocessing_and_scoring(run2d, tmp_path
     cfg = points_config(work / "data", postprocess={"detection": {"threshold": "tuned", "suppression_radius": 3}},
                         evaluate={"detection": {"tolerance": 5.0}})
     plan = planned_jobs(work, write_config(tmp_path / "c.yaml", cfg))
-    assert set(plan) <= {"tune", "postprocess", "aggregate", "report", "all"}  # tuning scores with the tolerance too
+    assert set(plan) <= {"tune", "package_model", "postprocess", "aggregate", "report", "all"}  # tuning scores with the tolerance too (model.pt carries the tuned threshold)
     assert plan["postprocess"] == 2 and plan["aggregate"] == 1
 
 

@@ -74,8 +74,9 @@ class FingerprintCache:
                 self.entries = {}
 
     @staticmethod
-    def key(sample: Sample) -> tuple[str, list[Any]]:
-        files = [sample.image] + ([sample.label] if sample.label else [])
+    def key(sample: Sample, with_label: bool) -> tuple[str, list[Any]]:
+        """The image (and, when its objects are measured, the label file: a class name is none)."""
+        files = [sample.image] + ([sample.label] if sample.label and with_label else [])
         stamp: list[Any] = [VERSION]
         for path in files:
             try:
@@ -85,8 +86,8 @@ class FingerprintCache:
             stamp += [st.st_size, st.st_mtime_ns]
         return "|".join(files), stamp
 
-    def get(self, sample: Sample, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        name, stamp = self.key(sample)
+    def get(self, sample: Sample, compute: Callable[[], dict[str, Any]], with_label: bool = True) -> dict[str, Any]:
+        name, stamp = self.key(sample, with_label)
         hit = self.entries.get(name)
         if hit and hit["stamp"] == stamp:
             return hit["record"]
@@ -109,7 +110,8 @@ def fingerprint(samples: Sequence[Sample], ndim: int, axes: str | None, voxel_si
     by_id = {s.id: s for s in samples}
     cache = FingerprintCache(cache_path)
     chosen = sample_ids(list(by_id))
-    records = [cache.get(by_id[i], lambda i=i: image_record(by_id[i], ndim, axes, objects)) for i in chosen]
+    records = [cache.get(by_id[i], lambda i=i: image_record(by_id[i], ndim, axes, objects), objects is not None)
+               for i in chosen]
     cache.save()
     shapes = np.array([r["shape"] for r in records], dtype=np.float64)
     out: dict[str, Any] = {
