@@ -11,6 +11,7 @@ image's numbers are cached by file size and modification time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zlib
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..core.errors import InputError, explain_os_error
 from ..core.imageio import write_text
-from .lazy import open_lazy
+from .lazy import open_lazy, read_region
 from .samples import Sample
 
 #: Images read per fingerprint at most.
@@ -49,14 +50,14 @@ def image_record(sample: Sample, ndim: int, axes: str | None, objects: ObjectSta
     percentiles (1, 50, 99.8 of the crop, all channels) and its objects' statistics."""
     image = open_lazy(sample.image, ndim, axes)
     region = central_crop(image.shape[:-1], MAX_SIDE[ndim])
-    pixels = np.asarray(image[region], dtype=np.float64)
+    pixels = read_region(image, region, sample.image).astype(np.float64)
     low, mid, high = (float(v) for v in np.percentile(pixels, [1.0, 50.0, 99.8]))
     record: dict[str, Any] = {"shape": [int(s) for s in image.shape[:-1]], "channels": int(image.shape[-1]),
                               "dtype": str(np.dtype(image.dtype)), "p1": low, "p50": mid, "p99_8": high,
                               "objects": None}
     if objects is not None and sample.label is not None:
         label = open_lazy(sample.label, ndim)
-        record["objects"] = objects(np.asarray(label[region])[..., 0])
+        record["objects"] = objects(read_region(label, region, sample.label)[..., 0])
     return record
 
 
@@ -106,7 +107,8 @@ def fingerprint(samples: Sequence[Sample], ndim: int, axes: str | None, voxel_si
                 objects: ObjectStats | None = None, cache_path: str | Path | None = None) -> dict[str, Any]:
     """The fingerprint of the training (and validation) ``samples``: medians over a sample of
     images, plus the spread of the object diameters (10th and 90th percentile over images)."""
-    by_id = {s.id: s for s in samples}
+    # labels are read only to measure objects (a classification sample's label is a class name)
+    by_id = {s.id: s if objects else dataclasses.replace(s, label=None) for s in samples}
     cache = FingerprintCache(cache_path)
     chosen = sample_ids(list(by_id))
     records = [cache.get(by_id[i], lambda i=i: image_record(by_id[i], ndim, axes, objects)) for i in chosen]

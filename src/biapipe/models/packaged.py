@@ -17,7 +17,7 @@ from torch import nn
 from .registry import build_model
 
 #: Modules joined into the standalone architecture source, in dependency order.
-STANDALONE_MODULES = ("layers.py", "unet.py", "classifier.py", "registry.py", "packaged.py")
+STANDALONE_MODULES = ("layers.py", "pooling.py", "unet.py", "classifier.py", "registry.py", "packaged.py")
 
 _ERROR_STAND_IN = """
 

@@ -20,7 +20,7 @@ from ..core import imageio
 from ..core.config import Section
 from ..core.errors import InputError
 from ..data.blocks import block_grid, choose_block_shape
-from ..data.lazy import open_lazy
+from ..data.lazy import open_lazy, read_region
 from ..data.normalize import check_finite, normalize
 from ..data.scale import resize_image, resize_labels, scale_factor, scaled_shape, stored_scale
 from ..data.samples import Sample
@@ -95,17 +95,9 @@ def check_test_data(images: Sequence[str], labels: Sequence[str | None], task: T
         spatial = image.shape[:-1]
         shape = choose_block_shape(spatial, image.chunks[:-1], memory_gb * 2**30, 4 * image.shape[-1])
         for block in block_grid(spatial, shape):
-            check_finite(_read(image, block.slices, path), path)
+            check_finite(read_region(image, block.slices, path), path)
         if label is not None and task.labels_are_files and not is_large:
             task.check_label(label, spatial)
-
-
-def _read(image: Any, region: tuple[slice, ...], path: str) -> np.ndarray:
-    """A region of a lazily opened image; a file that cannot be decoded there is named."""
-    try:
-        return image[region]
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
 
 
 @stage

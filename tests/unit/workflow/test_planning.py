@@ -185,3 +185,12 @@ def test_a_planned_config_spelled_out_plans_the_same(tmp_path, monkeypatch):
     more = smk.make_plan(given, tmp_path)
     assert smk.train_params(more.cfg) == smk.train_params(first.cfg)
     assert more.planning.fingerprint["images"] == first.planning.fingerprint["images"] + 1
+
+
+def test_class_names_as_labels_are_not_read(tmp_path):
+    """A classification sample's label is its class name: the fingerprint reads only the image."""
+    write_tif(tmp_path / "a.tif", np.full((16, 24), 7, np.uint8))
+    fp = fingerprint([Sample("a", str(tmp_path / "a.tif"), "fluorescence", "train")], 2, None, None, None,
+                     tmp_path / "cache.json")
+    assert fp["images"] == 1 and fp["objects"] is None and fp["shape_median"] == [16, 24]
+    assert fp["intensity"]["p50"] == 7.0

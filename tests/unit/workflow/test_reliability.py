@@ -151,6 +151,11 @@ def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, 
     cfg = layout(tmp_path)
     image, label = (tmp_path / split / d / f"{split}1.tif" for d in ("images", "labels"))
     named = _break(kind, image, label)
+    if kind == "truncated image" and split != "test":
+        # train.plan: auto reads the training images it fingerprints when the workflow is parsed
+        with pytest.raises(InputError, match=rf"{named.name}: .*({MESSAGES[kind]})"):
+            _plan(cfg, tmp_path, monkeypatch)
+        cfg["train"]["plan"] = "none"  # without planning, the prepare job is where it is found
     plan = _plan(cfg, tmp_path, monkeypatch)
     task = plan.task
     with pytest.raises(InputError, match=rf"{named.name}: .*({MESSAGES[kind]})"):
