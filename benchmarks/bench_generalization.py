@@ -9,10 +9,11 @@ says little about new data. This benchmark holds out whole *types*:
   group, a model is trained on the other groups and scored on the held-out one;
 - **cross-dataset**: a model trained on all of ``dsb2018_train_fluo`` is scored on other
   datasets of fluorescence nuclei: ``ctc_fluo_n2dl_hela_02_errseg`` (widefield HeLa, another
-  lab), the middle z-plane of ``ctc_fluo_n3dh_cho_02_errseg`` (confocal CHO, large nuclei) and
-  ``stardist_demo_nuclei2d`` (DSB-derived: checked below not to be a crop of a training image).
-  ``usiigaci_phase_cells`` is left out: phase-contrast whole cells are not nuclei, a nuclei
-  model has nothing to find there.
+  lab) and the middle z-plane of ``ctc_fluo_n3dh_cho_02_errseg`` (confocal CHO, large nuclei).
+  ``stardist_demo_nuclei2d`` is left out: it is DSB-derived, and its centre matches a
+  ``dsb2018_train_fluo`` training image (normalized cross-correlation 0.96, ``stardist_overlap``,
+  printed with the table), so it is not unseen. ``usiigaci_phase_cells`` is left out:
+  phase-contrast whole cells are not nuclei, a nuclei model has nothing to find there.
 
 Each experiment is a real workflow run (Snakemake with a sample sheet: train = the other
 groups, validation = ``train.val_fraction`` of them, test = the held-out group), so what is
@@ -79,7 +80,6 @@ GROUPS: dict[str, tuple[str, Any]] = {
 CROSS = {
     "hela": "ctc_fluo_n2dl_hela_02_errseg: widefield HeLa H2B-GFP, 20 frames 700×1100, automatic labels",
     "cho_mid": "ctc_fluo_n3dh_cho_02_errseg, middle z-plane of each of the 20 volumes: confocal CHO, large nuclei",
-    "stardist_demo": "stardist_demo_nuclei2d: 1 image 512², DSB-derived (not a crop of a training image, see check)",
 }
 
 #: The config the issue's user ran: config/examples/instance_2d.yaml before issue 13, with
@@ -123,9 +123,6 @@ def cross_pairs(name: str, work: Path) -> list[tuple[Path, Path]]:
     if name == "hela":
         root = DATA / "ctc_fluo_n2dl_hela_02_errseg"
         return [(p, root / "labels" / p.name) for p in sorted((root / "images").glob("*.tif"))]
-    if name == "stardist_demo":
-        root = DATA / "stardist_demo_nuclei2d"
-        return [(p, root / "labels" / p.name) for p in sorted((root / "images").glob("*.tif"))]
     if name == "cho_mid":
         root, out = DATA / "ctc_fluo_n3dh_cho_02_errseg", work / "cho_mid"
         pairs = []
@@ -143,8 +140,9 @@ def cross_pairs(name: str, work: Path) -> list[tuple[Path, Path]]:
 
 
 def stardist_overlap(work: Path) -> str:
-    """Is the StarDist demo image a crop of a DSB training image? The best normalized
-    cross-correlation of its centre 256² against every DSB image at least that large."""
+    """Is the StarDist demo image a crop of a DSB training image (then it cannot be a cross-dataset
+    test)? The best normalized cross-correlation of its centre 256² against every DSB image at
+    least that large (0.96 measured: it is one)."""
     from skimage.feature import match_template
 
     path = work / "stardist_check.json"
@@ -275,8 +273,14 @@ def table(work: Path) -> str:
         lines.append(f"| {r['config']} | {r['budget_patches']:,} | {r['kind']}: {r['held_out']} | {r['images']} "
                      f"| {r['patches']:,} | {r['train_min']:.0f} | {r['f1@0.5']:.3f} | {r['f1@0.75']:.3f} "
                      f"| {r['precision@0.5']:.3f} | {r['recall@0.5']:.3f} |")
-    for (config, budget), part in df[df["kind"] == "leave-type-out"].groupby(["config", "budget_patches"]):
-        lines.append(f"| {config} | {budget:,} | leave-type-out, mean of {len(part)} groups | | | "
+    groups = df[df["kind"] == "leave-type-out"]
+    for (config, budget), part in groups.groupby(["config", "budget_patches"]):
+        # the mean over the groups every configuration has at this budget: means comparable by row
+        common = set.intersection(*(set(g["held_out"]) for _, g in groups[groups["budget_patches"] == budget]
+                                    .groupby("config")))
+        part = part[part["held_out"].isin(common)]
+        lines.append(f"| {config} | {budget:,} | leave-type-out, mean of {len(part)} groups "
+                     f"({', '.join(sorted(common))}) | | | "
                      f"| **{part['f1@0.5'].mean():.3f}** | {part['f1@0.75'].mean():.3f} "
                      f"| {part['precision@0.5'].mean():.3f} | {part['recall@0.5'].mean():.3f} |")
     return "\n".join(lines)
@@ -301,7 +305,7 @@ def main() -> None:
         print("| group | images | rule |\n|---|---:|---|")
         for name, (text, _) in GROUPS.items():
             print(f"| {name} | {int((images['group'] == name).sum())} | {text} |")
-        print(f"\nStarDist demo image: {stardist_overlap(work)}\n")
+        print(f"\nStarDist demo image (left out): {stardist_overlap(work)}\n")
         print(table(work))
         return
     pair = {r.image: (DSB / "images" / r.image, DSB / "labels" / r.image) for r in images.itertuples()}

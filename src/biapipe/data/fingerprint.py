@@ -11,6 +11,7 @@ image's numbers are cached by file size and modification time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zlib
@@ -49,7 +50,7 @@ def image_record(sample: Sample, ndim: int, axes: str | None, objects: ObjectSta
     percentiles (1, 50, 99.8 of the crop, all channels) and its objects' statistics."""
     image = open_lazy(sample.image, ndim, axes)
     region = central_crop(image.shape[:-1], MAX_SIDE[ndim])
-    pixels = read_region(image, region, sample.image).astype(np.float64, copy=False)
+    pixels = read_region(image, region, sample.image).astype(np.float64)
     low, mid, high = (float(v) for v in np.percentile(pixels, [1.0, 50.0, 99.8]))
     record: dict[str, Any] = {"shape": [int(s) for s in image.shape[:-1]], "channels": int(image.shape[-1]),
                               "dtype": str(np.dtype(image.dtype)), "p1": low, "p50": mid, "p99_8": high,
@@ -74,9 +75,8 @@ class FingerprintCache:
                 self.entries = {}
 
     @staticmethod
-    def key(sample: Sample, with_label: bool) -> tuple[str, list[Any]]:
-        """The image (and, when its objects are measured, the label file: a class name is none)."""
-        files = [sample.image] + ([sample.label] if sample.label and with_label else [])
+    def key(sample: Sample) -> tuple[str, list[Any]]:
+        files = [sample.image] + ([sample.label] if sample.label else [])
         stamp: list[Any] = [VERSION]
         for path in files:
             try:
@@ -86,8 +86,8 @@ class FingerprintCache:
             stamp += [st.st_size, st.st_mtime_ns]
         return "|".join(files), stamp
 
-    def get(self, sample: Sample, compute: Callable[[], dict[str, Any]], with_label: bool = True) -> dict[str, Any]:
-        name, stamp = self.key(sample, with_label)
+    def get(self, sample: Sample, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        name, stamp = self.key(sample)
         hit = self.entries.get(name)
         if hit and hit["stamp"] == stamp:
             return hit["record"]
@@ -107,11 +107,11 @@ def fingerprint(samples: Sequence[Sample], ndim: int, axes: str | None, voxel_si
                 objects: ObjectStats | None = None, cache_path: str | Path | None = None) -> dict[str, Any]:
     """The fingerprint of the training (and validation) ``samples``: medians over a sample of
     images, plus the spread of the object diameters (10th and 90th percentile over images)."""
-    by_id = {s.id: s for s in samples}
+    # labels are read only to measure objects (a classification sample's label is a class name)
+    by_id = {s.id: s if objects else dataclasses.replace(s, label=None) for s in samples}
     cache = FingerprintCache(cache_path)
     chosen = sample_ids(list(by_id))
-    records = [cache.get(by_id[i], lambda i=i: image_record(by_id[i], ndim, axes, objects), objects is not None)
-               for i in chosen]
+    records = [cache.get(by_id[i], lambda i=i: image_record(by_id[i], ndim, axes, objects)) for i in chosen]
     cache.save()
     shapes = np.array([r["shape"] for r in records], dtype=np.float64)
     out: dict[str, Any] = {

@@ -132,6 +132,15 @@ def open_lazy(path: str | Path, ndim: int, axes: str | None = None) -> LazyImage
     return LazyImage(source, axes or file_axes or infer_axes(tuple(source.shape), ndim, path), ndim, path)
 
 
+def read_region(image: Any, region: tuple[slice, ...], path: str | Path) -> np.ndarray:
+    """A region of a lazily opened image; a file that cannot be decoded there (a truncated
+    strip or chunk is only found when its pixels are read) is named."""
+    try:
+        return np.asarray(image[region])
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
+
+
 def _open_zarr_source(path: Path) -> tuple[Any, str | None]:
     """The array of a Zarr store (v2 or v3) and, for OME-Zarr, its axes from the metadata."""
     try:

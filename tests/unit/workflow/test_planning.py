@@ -200,3 +200,12 @@ def test_restoration_keeps_its_normalization_and_geometric_augmentation():
     assert "train.epochs" in record.choices  # the rest is planned as for any workflow
     instance, _ = plan(raw(), DSB_LIKE)
     assert instance["normalize"]["scope"] == "image" and instance["train"]["augment"]["gamma"] == 0.3
+
+
+def test_class_names_as_labels_are_not_read(tmp_path):
+    """A classification sample's label is its class name: the fingerprint reads only the image."""
+    write_tif(tmp_path / "a.tif", np.full((16, 24), 7, np.uint8))
+    fp = fingerprint([Sample("a", str(tmp_path / "a.tif"), "fluorescence", "train")], 2, None, None, None,
+                     tmp_path / "cache.json")
+    assert fp["images"] == 1 and fp["objects"] is None and fp["shape_median"] == [16, 24]
+    assert fp["intensity"]["p50"] == 7.0

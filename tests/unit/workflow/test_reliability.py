@@ -82,9 +82,6 @@ def test_rule_parameters_do_not_depend_on_key_order_or_spelled_out_defaults() ->
     assert rerun_key(a["data"]["demo"]) == rerun_key(b["data"]["demo"])
     changed = validate_config({**given, "train": {**given["train"], "epochs": 4}})
     assert smk.train_params(changed) != smk.train_params(a)
-    for runtime in ({"memory_gb": 0.5}, {"threads": 1}, {"num_workers": 2}):  # where and how fast, not what
-        other = validate_config({**given, "train": {**given["train"], **runtime}})
-        assert smk.train_params(other) == smk.train_params(a)
 
 
 # --------------------------------------------------------------------------- bad input, every split
@@ -150,15 +147,18 @@ MESSAGES = {"truncated image": "cannot read|truncated", "label outside the class
 @pytest.mark.parametrize("kind", BAD_PIXELS)
 def test_pixel_level_problems_stop_before_training_naming_the_file(split, kind, tmp_path, monkeypatch) -> None:
     """Training and validation images meet the check in their prepare jobs, test images in the
-    train job before it trains: both run before training, and both name the input file. (A
-    training image that cannot be read at all stops already at parse time, when automatic
-    planning measures it.)"""
+    train job before it trains: both run before training, and both name the input file."""
     cfg = layout(tmp_path)
     image, label = (tmp_path / split / d / f"{split}1.tif" for d in ("images", "labels"))
     named = _break(kind, image, label)
+    if kind == "truncated image" and split != "test":
+        # train.plan: auto reads the training images it fingerprints when the workflow is parsed
+        with pytest.raises(InputError, match=rf"{named.name}: .*({MESSAGES[kind]})"):
+            _plan(cfg, tmp_path, monkeypatch)
+        cfg["train"]["plan"] = "none"  # without planning, the prepare job is where it is found
+    plan = _plan(cfg, tmp_path, monkeypatch)
+    task = plan.task
     with pytest.raises(InputError, match=rf"{named.name}: .*({MESSAGES[kind]})"):
-        plan = _plan(cfg, tmp_path, monkeypatch)
-        task = plan.task
         if split == "test":
             samples = plan.test_samples
             ids = plan.ids("test")
