@@ -103,14 +103,6 @@ def infer_axes(shape: tuple[int, ...], ndim: int, path: Any = None) -> str:
 # --------------------------------------------------------------------------- opening
 
 
-def read_region(image: Any, region: tuple[slice, ...], path: str | Path) -> np.ndarray:
-    """A region of a lazily opened image; a file that cannot be decoded there is named."""
-    try:
-        return np.asarray(image[region])
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
-
-
 def open_lazy(path: str | Path, ndim: int, axes: str | None = None) -> LazyImage:
     """Open ``path`` lazily as (Z)YXC; ``axes`` (``data.axes``) overrides what the file says."""
     path = Path(path)
