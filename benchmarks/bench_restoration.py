@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,11 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+# Before torch (and CAREamics' interpreter, which inherits it) starts its OpenMP threads: idle
+# threads sleep instead of spinning, which on a shared, loaded machine made each epoch up to
+# 7 times slower (the spinning threads take the cores the working ones wait for).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pandas as pd
@@ -221,6 +227,7 @@ def main() -> None:
                         help="interpreter of a separate venv with careamics (skipped when absent)")
     parser.add_argument("--only", nargs="*", default=None, help="subset: nlm careamics (careamics_n2v, careamics_care) supervised n2n n2v sr isl")
     args = parser.parse_args()
+    load_start = os.getloadavg()[0]
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -287,7 +294,9 @@ def main() -> None:
                     "note": note}
             rows.append(row("ISL phase -> DAPI, quadrant 4", "biapipe image_to_image", dapi, budget))
     print(f"\nTraining budget: {budget} of wall time per trained method on {args.threads} threads "
-          f"({torch.get_num_threads()} torch threads), {_cpu()}.\n")
+          f"({torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {_cpu()}, "
+          f"load average {load_start:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end.\n")
     print("\n".join(rows))
 
 

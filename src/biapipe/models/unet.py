@@ -52,6 +52,9 @@ class UNet(nn.Module):
             for level in reversed(range(depth))
         )
         self.head = layer_classes(ndim)["conv"](widths[0], out_channels, kernel_size=1)
+        if residual:  # start as the identity: training learns the correction, not the image
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inputs = x

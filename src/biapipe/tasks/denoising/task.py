@@ -52,6 +52,12 @@ class DenoisingTask(RestorationTask):
     def denoising_settings(self) -> dict[str, Any]:
         return self.section
 
+    def residual(self, in_channels: int) -> bool:
+        """No input skip for Noise2Void: in training the skip would carry a blind spot's
+        replacement value, in prediction the noisy pixel itself, so the learned correction
+        would add that pixel's noise back (the blind spot must hold at prediction too)."""
+        return self.mode != "noise2void" and super().residual(in_channels)
+
     # ------------------------------------------------------------------ demo
     def demo_samples(self) -> list[Sample]:
         """Noisy images; targets: clean (supervised, and every test image), the second noisy

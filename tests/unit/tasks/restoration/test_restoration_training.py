@@ -1,0 +1,80 @@
+"""What restoration training relies on: patches keep the input-target relation (same geometry,
+no intensity change of the input), normalized targets come back in their own units, residual
+networks start as the identity, and Noise2Void has no input skip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from biapipe.core import imageio
+from biapipe.core.config import validate_config
+from biapipe.models.unet import UNet
+from biapipe.tasks import get_task
+from biapipe.tasks.restoration.data import restoration_datasets
+from biapipe.tasks.restoration.targets import apply_normalization
+
+#: Every augmentation at probability 1: restoration must keep only the exact ones (flips, rot90).
+ALL_ON = {"flip": 1.0, "rot90": 1.0, "rotate": 1.0, "scale": 1.0, "elastic": 1.0, "blur": 1.0, "poisson_noise": 1.0,
+          "gaussian_noise": 1.0, "brightness": 1.0, "contrast": 1.0, "gamma": 1.0}
+
+
+def _config(mode: str = "supervised", augment: dict | None = None) -> dict:
+    return validate_config({
+        "experiment": "t", "workflow": "denoising", "ndim": 2, "seed": 0,
+        "data": {"train": {"images": "unused", "targets": "unused"}},
+        "normalize": {"scope": "dataset"}, "targets": {"denoising": {"mode": mode, "channels": 1}},
+        "train": {"model": {"depth": 2, "width": 4}, "patch_size": [16, 16], "batch_size": 2, "epochs": 1,
+                  "patches_per_epoch": 12, "val_patches": 2, "threads": 1, "augment": augment or {}}})
+
+
+def test_patches_give_image_and_target_the_same_geometry_and_the_input_no_intensity_change(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 48, 1)).astype(np.float32)  # a normalized input
+    target = 3.0 * image + 5.0  # its target, in other units: one affine map away
+    imageio.write_zarr(tmp_path / "i.zarr", image)
+    imageio.write_zarr(tmp_path / "t.zarr", target)
+    cfg = _config(augment=ALL_ON)
+    data, norm = restoration_datasets(cfg, get_task(cfg), [(tmp_path / "i.zarr", tmp_path / "t.zarr")], [])
+    gain = 3.0 / norm["scale"][0]
+    offset = (5.0 - norm["offset"][0]) / norm["scale"][0]
+    windows = np.lib.stride_tricks.sliding_window_view(image[..., 0], (16, 16))
+    transformed = 0
+    for i in range(len(data.train)):
+        x, y = data.train[i]
+        # any other geometry for the target, or an intensity change of the input, breaks the map
+        np.testing.assert_allclose(y.numpy(), gain * x.numpy() + offset, rtol=1e-4, atol=1e-4)
+        transformed += int(not np.all(windows == x[0].numpy(), axis=(2, 3)).any())
+    assert transformed >= 4  # flips and rotations did happen (not all plain crops)
+
+
+def test_normalized_targets_come_back_in_their_units_per_channel() -> None:
+    cfg = validate_config({"experiment": "t", "workflow": "image_to_image", "ndim": 2, "seed": 0,
+                           "data": {"train": {"images": "unused", "targets": "unused"}},
+                           "normalize": {"scope": "dataset"}, "targets": {"image_to_image": {"channels": ["a", "b"]}}})
+    norm = {"offset": [100.0, -2.0], "scale": [40.0, 0.5]}
+    target = np.stack([np.linspace(90, 500, 64), np.linspace(-3, 1, 64)], axis=-1).reshape(8, 8, 2).astype(np.float32)
+    task = get_task(cfg).for_model({"model": {"out_channels": 2, "target_normalization": norm}})
+    normalized = torch.from_numpy(np.moveaxis(apply_normalization(target, norm), -1, 0)[None])
+    back = task.activate(normalized)[0].numpy()
+    np.testing.assert_allclose(np.moveaxis(back, 0, -1), target, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(normalized.numpy()[0, 0], target[..., 0])  # the map did something
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_residual_unet_starts_as_the_identity(ndim: int) -> None:
+    torch.manual_seed(0)
+    model = UNet(ndim, 2, 2, depth=2, width=4, residual=True)
+    x = torch.randn(2, 2, *([8] * ndim))
+    with torch.no_grad():
+        assert torch.equal(model.train()(x), x)
+        assert torch.equal(model.eval()(x), x)
+
+
+@pytest.mark.parametrize("mode, residual", [("supervised", True), ("noise2noise", True), ("noise2void", False)])
+def test_noise2void_has_no_input_skip(mode: str, residual: bool) -> None:
+    # with a skip, training adds a blind spot's replacement value, prediction the noisy pixel itself
+    assert get_task(_config(mode)).model_spec(1)["residual"] is residual
