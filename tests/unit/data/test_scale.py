@@ -127,6 +127,17 @@ def test_a_test_image_is_predicted_at_the_training_scale_and_returned_on_its_gri
     assert plain.max() == 0  # what the same network sees without rescaling
 
 
+def test_an_estimated_diameter_never_zooms_an_image_up():
+    """Small objects measured by a first pass are not trusted to zoom up (dense clusters come out
+    as merged blobs and specks); the image is predicted at its own scale, once."""
+    image = (discs((120, 120), [(40, 40), (80, 80)], 6) > 0).astype(np.float32)[..., None]  # 12 px across
+    net = ScaleSpecific(24.0)
+    out, info = predict_rescaled(net, image, 24.0, lambda p: measure(p) or measure(image))
+    assert info["scale"] == 1.0 and info["passes"] == 1 and net.shapes == [(120, 120)]
+    assert info["object_diameter"] == pytest.approx(12, abs=1)
+    assert np.array_equal(out, net(image))
+
+
 def test_a_given_diameter_skips_the_estimate_and_no_training_diameter_skips_rescaling():
     image = (discs((120, 120), [(60, 60)], 15) > 0).astype(np.float32)[..., None]
     net = ScaleSpecific(64.0)
