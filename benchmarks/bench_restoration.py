@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 import torch
+from bench_predict import _cpu_name
 
 from biapipe.core import imageio
 from biapipe.core.config import validate_config
@@ -294,20 +295,10 @@ def main() -> None:
                     "note": note}
             rows.append(row("ISL phase -> DAPI, quadrant 4", "biapipe image_to_image", dapi, budget))
     print(f"\nTraining budget: {budget} of wall time per trained method on {args.threads} threads "
-          f"({torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {_cpu()}, "
+          f"({torch.get_num_threads()} torch threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}), {_cpu_name()}, "
           f"load average {load_start:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end.\n")
     print("\n".join(rows))
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ image's numbers are cached by file size and modification time.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import zlib
 from collections.abc import Callable, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import InputError, explain_os_error
-from ..core.imageio import write_text
+from ..core.jsoncache import JsonCache
 from .lazy import open_lazy, read_region
 from .samples import Sample
 
@@ -61,18 +60,8 @@ def image_record(sample: Sample, ndim: int, axes: str | None, objects: ObjectSta
     return record
 
 
-class FingerprintCache:
+class FingerprintCache(JsonCache):
     """Per-image records by (image and label path, size, mtime): a re-parse reads no pixels."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path else None
-        self.entries: dict[str, Any] = {}
-        self.dirty = False
-        if self.path and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
 
     @staticmethod
     def key(sample: Sample) -> tuple[str, list[Any]]:
@@ -95,12 +84,6 @@ class FingerprintCache:
         self.entries[name] = {"stamp": stamp, "record": record}
         self.dirty = True
         return record
-
-    def save(self) -> None:
-        if self.path and self.dirty:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_text(self.path, json.dumps(self.entries))
-            self.dirty = False
 
 
 def fingerprint(samples: Sequence[Sample], ndim: int, axes: str | None, voxel_size: Sequence[float] | None,

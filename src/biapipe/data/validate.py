@@ -6,7 +6,6 @@ normalize/targets jobs, which the workflow schedules ahead of training.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -18,7 +17,8 @@ import numpy as np
 
 from ..core.axes import canonical_image, canonical_label
 from ..core.errors import InputError, explain_os_error
-from ..core.imageio import check_image_dtype, open_array, write_text
+from ..core.imageio import check_image_dtype, open_array
+from ..core.jsoncache import JsonCache
 from ..core.raster import check_2d, is_raster, probe_raster
 from .samples import Dataset, Sample
 
@@ -58,18 +58,8 @@ def _probe_or_none(path: str) -> tuple[tuple[int, ...], str] | None:
     return shape, dtype.str
 
 
-class ProbeCache:
+class ProbeCache(JsonCache):
     """Remembers probe results by (path, size, mtime) so reparsing a big dataset stays cheap."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path else None
-        self.entries: dict[str, list[Any]] = {}
-        self.dirty = False
-        if self.path and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
 
     def get(self, path: str) -> tuple[tuple[int, ...], np.dtype]:
         try:
@@ -107,12 +97,6 @@ class ProbeCache:
                 if result is not None:
                     self.entries[path] = [*key, list(result[0]), result[1]]
                     self.dirty = True
-
-    def save(self) -> None:
-        """Write the cache under a temporary name of this writer's own: two workflows parsed at
-        once (or a cluster's jobs) may save it at the same time, and the last rename wins."""
-        if self.path and self.dirty:
-            write_text(self.path, json.dumps(self.entries))
 
 
 #: Canonical shapes already worked out, by (kind, header shape, dtype, ndim, axes): a dataset
