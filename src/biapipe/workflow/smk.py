@@ -9,6 +9,7 @@ patterns where the folder layout allows (docs/architecture.md, "planning cost").
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -93,12 +94,14 @@ class Plan:
     def model_info(self) -> ModelInfo | None:
         return read_model_info(self.cfg["model"]) if self.predict_only else None
 
-    @property
+    @functools.cached_property
     def train_samples(self) -> dict[str, Sample]:
         return self.ds.training()
 
-    @property
+    @functools.cached_property
     def test_samples(self) -> dict[str, Sample]:
+        """Test samples by id, built once: looked up per image (a property that rebuilt it made
+        the plan quadratic in the number of test images)."""
         return self.ds.testing()
 
     def ids(self, split: str) -> list[str]:
