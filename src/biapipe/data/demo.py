@@ -92,13 +92,8 @@ def demo_shape(ndim: int, size: int) -> tuple[int, ...]:
 
 def make_sample(ndim: int, size: int, seed: int, split: str = "train", index: int = 0) -> DemoSample:
     """Draw one image; (seed, split, index) fully determine it."""
-    rng = _rng(seed, split, index)
-    shape = demo_shape(ndim, size)
-    nuclei = _place_nuclei(rng, shape)
-    labels, depth = render_labels(shape, nuclei)
-    labels, kept = relabel_consecutive(labels)
-    image = render_image(rng, shape, labels, depth, [nuclei[i - 1] for i in kept])
-    return DemoSample(image=image, labels=labels, centroids=_centroids(labels))
+    rng, signal, labels = make_signal(ndim, size, seed, split, index)
+    return DemoSample(image=add_camera_noise(rng, signal), labels=labels, centroids=_centroids(labels))
 
 
 def make_demo_data(
