@@ -9,8 +9,8 @@ every other file is a hard link to them, so making 100,000 pairs takes seconds a
 header checks still open, stat and parse every path (a link is a file like any other).
 ``--train`` images (default 20, validation carved out by `train.val_fraction`) are training
 images, the rest are test images with labels: one `prepare` job per training image, and per
-batch of test images (``predict.batch_images: auto``: one image per job up to 1,000 test
-images, else about 100) one `predict` and one `postprocess` job.
+batch of test images (``predict.batch_images: auto``: one image per job up to 32 test
+images, else about 100 in at least 4 jobs) one `predict` and one `postprocess` job.
 
 Two timings per size: `cold`, the first parse (every header read, probe cache written to
 `.snakemake/biapipe/probe-cache.json`), and `warm`, a second parse with the cache (what

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,12 +40,19 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = 64
 
 
-def snakemake(work: Path, cfg: Path, *args: str) -> float:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory", str(work),
-           "--configfile", str(cfg), "--cores", "2", "--quiet", "all", *args]
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, the process and its children) of a command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def snakemake(work: Path, cfg: Path, *args: str) -> tuple[float, float]:
+    return timed([sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory",
+                  str(work), "--configfile", str(cfg), "--cores", "2", "--quiet", "all", *args])
 
 
 def config(work: Path, threads: int) -> dict:
@@ -66,15 +75,15 @@ def make_images(work: Path, n: int) -> None:
             os.link(source, folder / f"test_{i:06d}.tif")
 
 
-def loop(work: Path, cfg: dict, n: int) -> float:
+def loop(work: Path, cfg: dict, n: int) -> None:
     """The same per-image work as the workflow's jobs, in one process, writing every output."""
     cfg = validate_config(cfg)
     task = get_task(cfg)
     model = str(work / "results" / "bench" / "model" / "best.pt")
     out = work / "loop"
+    shutil.rmtree(out, ignore_errors=True)
     folder = work / "data" / "test"
     ids = sorted(p.stem for p in (folder / "images").glob("*.tif"))[:n]
-    start = time.perf_counter()
     stages.predict_batch(model=model, images=[str(folder / "images" / f"{i}.tif") for i in ids],
                          outs=[str(out / "p" / f"{i}.zarr") for i in ids], marker=str(out / "p.done"), task=task,
                          axes=None, normalize=cfg["normalize"], predict=cfg["predict"])
@@ -84,40 +93,53 @@ def loop(work: Path, cfg: dict, n: int) -> float:
                              images=[str(folder / "images" / f"{i}.tif") for i in ids],
                              labels=[str(folder / "labels" / f"{i}.tif") for i in ids], sides=[{} for _ in ids],
                              image_ids=ids, marker=str(out / "m.done"), task=task, axes=None)
-    return time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of the three ways, interleaved; best kept")
+    parser.add_argument("--loop", metavar="WORKDIR", help=argparse.SUPPRESS)  # the loop's own process
     args = parser.parse_args()
+    if args.loop:
+        loop(Path(args.loop), config(Path(args.loop), args.threads), args.images)
+        return
+    load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as tmp:
         work = Path(tmp)
         make_images(work, args.images)
         cfg = config(work, args.threads)
         cfg_path = work / "cfg.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
-        first = snakemake(work, cfg_path)
+        first, _ = snakemake(work, cfg_path)
         rules = ("predict_batch", "postprocess_batch") if args.images > 1000 else ("predict", "postprocess")
-        workflow_s = snakemake(work, cfg_path, "--forcerun", *rules)
-        loop_s = loop(work, cfg, args.images)
         po_path = work / "predict_only.yaml"
         po_path.write_text(yaml.safe_dump({
             "experiment": "bench_po", "model": str(work / "results" / "bench" / "model" / "best.pt"),
             "data": {"test": cfg["data"]["test"]}, "predict": cfg["predict"]}))
-        predict_only_s = snakemake(work, po_path)
+        runs: dict[str, list[tuple[float, float]]] = {"loop": [], "workflow": [], "predict_only": []}
+        for _ in range(args.repeats):
+            runs["loop"].append(timed([sys.executable, __file__, "--loop", str(work), "--images", str(args.images),
+                                       "--threads", str(args.threads)]))
+            runs["workflow"].append(snakemake(work, cfg_path, "--forcerun", *rules))
+            shutil.rmtree(work / "results" / "bench_po", ignore_errors=True)
+            runs["predict_only"].append(snakemake(work, po_path))
+            load.append(os.getloadavg()[0])
+    best = {way: min(times) for way, times in runs.items()}
+    jobs = "about 100 images" if args.images > 1000 else "one image"
     print(f"\n{args.images} test images of {SIZE}x{SIZE} (semantic, U-Net depth 3 width 16), predict + post-process + "
-          f"score, {args.threads} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; first "
-          f"run with training {first:.0f} s\n")
-    print("| way | wall s | images/s | vs loop |")
-    print("|---|---:|---:|---:|")
-    print(f"| Python loop, one process | {loop_s:.1f} | {args.images / loop_s:.1f} | 1.00 |")
-    jobs = 'about 100 images' if args.images > 1000 else 'one image'
-    print(f"| workflow (`snakemake`, jobs of {jobs}) | "
-          f"{workflow_s:.1f} | {args.images / workflow_s:.1f} | {loop_s / workflow_s:.2f} |")
-    print(f"| predict-only workflow (`model:` best.pt, jobs of {jobs}) | "
-          f"{predict_only_s:.1f} | {args.images / predict_only_s:.1f} | {loop_s / predict_only_s:.2f} |")
+          f"score, {args.threads} threads, {os.cpu_count()} CPUs, load average {min(load):.1f}-{max(load):.1f}; "
+          f"first run with training {first:.0f} s; best of {args.repeats} interleaved rounds, each way in its own "
+          f"process from a cold start (imports, model load)\n")
+    print("| way | wall s | CPU s | images/s | wall vs loop | CPU vs loop |")
+    print("|---|---:|---:|---:|---:|---:|")
+    names = {"loop": "Python loop, one process",
+             "workflow": f"workflow (`snakemake`, jobs of {jobs})",
+             "predict_only": f"predict-only workflow (`model:` best.pt, jobs of {jobs}, plan included)"}
+    for way, (wall, cpu) in best.items():
+        print(f"| {names[way]} | {wall:.1f} | {cpu:.1f} | {args.images / wall:.1f} | "
+              f"{best['loop'][0] / wall:.2f} | {best['loop'][1] / cpu:.2f} |")
 
 
 if __name__ == "__main__":

@@ -347,7 +347,7 @@ def aggregate(*, metrics: Sequence[str], out_metrics: str, out_summary: str, tas
     """One row per image in metrics.csv; dataset figures in summary.csv, from the rows and
     the task's per-image details (e.g. the scored matches that average precision ranks)."""
     if metrics:
-        table = pd.concat([pd.read_csv(p) for p in metrics], ignore_index=True)
+        table = imageio.read_csv_many(metrics)
         table = table.sort_values("image", kind="stable").reset_index(drop=True)
     else:
         table = pd.DataFrame({"image": []})

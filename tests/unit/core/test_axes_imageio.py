@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from biapipe.core import imageio
@@ -76,3 +77,18 @@ def test_image_id():
     assert imageio.image_id("/a/b/x.ome.tif") == "x"
     assert imageio.image_id("y.zarr") == "y"
     assert imageio.image_id("z.v2.tif") == "z.v2"
+
+
+def test_many_small_csvs_read_together_equal_reading_them_one_by_one(tmp_path) -> None:
+    frames = [pd.DataFrame({"image": ["b"], "iou": [0.25], "n": [3]}),
+              pd.DataFrame({"image": ["a, quoted"], "iou": [0.5], "n": [1]}),
+              pd.DataFrame({"image": ["c"], "f1": [1.0]}),  # another header (e.g. no labels)
+              pd.DataFrame({"image": ["d", "e"], "iou": [0.75, 0.0], "n": [2, 7]})]
+    paths = []
+    for i, frame in enumerate(frames):
+        paths.append(tmp_path / f"{i}.csv")
+        frame.to_csv(paths[-1], index=False)
+    expected = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
+    got = imageio.read_csv_many(paths)
+    pd.testing.assert_frame_equal(got, expected)
+    assert list(got["image"]) == ["b", "a, quoted", "c", "d", "e"] and got["n"].isna().sum() == 1

@@ -10,7 +10,7 @@ from biapipe.workflow.smk import batch_count, batch_name, plan_batches
 
 
 @pytest.mark.parametrize(("n", "per_job", "expected"), [
-    (10, "auto", 10), (1000, "auto", 1000), (1001, "auto", 8), (10_000, "auto", 128), (100_000, "auto", 1024),
+    (10, "auto", 10), (32, "auto", 32), (33, "auto", 4), (300, "auto", 4), (1000, "auto", 8), (1001, "auto", 8), (10_000, "auto", 128), (100_000, "auto", 1024),
     (6, 2, 4), (7, 2, 4), (5, 2, 2), (3, 5, 1), (40, 1, 40),
 ])
 def test_batch_count_is_a_power_of_two_near_n_over_the_batch_size(n, per_job, expected) -> None:
@@ -18,7 +18,8 @@ def test_batch_count_is_a_power_of_two_near_n_over_the_batch_size(n, per_job, ex
 
 
 def test_small_datasets_keep_one_job_per_image() -> None:
-    assert plan_batches([f"im{i}" for i in range(500)], "auto") == {}
+    assert plan_batches([f"im{i}" for i in range(32)], "auto") == {}
+    assert len(plan_batches([f"im{i}" for i in range(33)], "auto")) == 4
     assert plan_batches([f"im{i}" for i in range(50)], 1) == {}
 
 

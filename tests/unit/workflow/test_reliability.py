@@ -246,6 +246,19 @@ def test_leftovers_of_dead_writers_are_removed_and_live_ones_kept(tmp_path) -> N
     assert out.is_dir()
 
 
+def test_a_folder_is_swept_once_per_process_not_once_per_output(tmp_path, monkeypatch) -> None:
+    """Thousands of outputs of a batch job in one folder: listing it per output is quadratic."""
+    listed: list[str] = []
+    scandir = os.scandir
+    monkeypatch.setattr(imageio.os, "scandir", lambda folder: listed.append(str(folder)) or scandir(folder))
+    dead = tmp_path / f".a.tif.{socket.gethostname()}~{2**22 + 12345}~deadbeef.tmp.tif"
+    dead.write_bytes(b"x")
+    for i in range(20):
+        imageio.write_tiff(tmp_path / f"{i}.tif", np.zeros((2, 2), np.uint8))
+    assert listed == [str(tmp_path)] and not dead.exists()
+    assert len(list(tmp_path.glob("*.tif"))) == 20
+
+
 def _save_many(path: str, worker: int) -> None:
     for i in range(150):
         cache = ProbeCache(path)
