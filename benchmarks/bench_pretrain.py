@@ -22,6 +22,7 @@ one markdown table.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--pretexts", nargs="+", default=["masked", "degraded"], choices=["masked", "degraded"])
     parser.add_argument("--test", type=int, default=50, help="held-out test images")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-scratch", action="store_true", help="only the pre-trained starts (another call ran scratch)")
     parser.add_argument("--workdir", help="keep intermediate files (and the pre-trained models) here")
     args = parser.parse_args()
     if not SOURCE.is_dir():
@@ -100,20 +102,21 @@ def main() -> None:
             pretrain_min[pretext] = (time.perf_counter() - start) / 60
             print(f"pre-trained ({pretext}): {pretrain_min[pretext]:.1f} min", flush=True)
         for fraction, labelled in subsets.items():
-            starts = [("scratch", {})] + [(f"pre-trained ({p})", {"init": str(sources[p]), "optimizer": {"lr": 0.001}})
+            starts = ([] if args.skip_scratch else [("scratch", {})]) + [(f"pre-trained ({p})", {"init": str(sources[p]), "optimizer": {"lr": 0.001}})
                                           for p in args.pretexts]
             for label, train in starts:
                 cfg = experiment(epochs, args.threads, 0, **train)
                 out = work / f"ft_{fraction}_{label.split()[-1].strip('()')}"
-                start = time.perf_counter()
-                if (out / "minutes.txt").exists():  # a run of an earlier call (--workdir): kept
-                    minutes = float((out / "minutes.txt").read_text())
+                done = out / "result.json"  # a run of an earlier call (--workdir): kept with its score
+                if done.exists():
+                    minutes, scores = json.loads(done.read_text())
                 else:
+                    start = time.perf_counter()
                     train_model(cfg, get_task(cfg), [pairs[n] for n in labelled], [], out)
                     minutes = (time.perf_counter() - start) / 60
-                    (out / "minutes.txt").write_text(f"{minutes}\n")
-                rows.append((label, len(labelled), epochs * PATCHES_PER_EPOCH, minutes,
-                             score(out / "last.pt", cfg, SOURCE, test)))
+                    scores = score(out / "last.pt", cfg, SOURCE, test)
+                    done.write_text(json.dumps([minutes, {k: float(v) for k, v in scores.items()}]))
+                rows.append((label, len(labelled), epochs * PATCHES_PER_EPOCH, minutes, scores))
                 print(rows[-1], flush=True)
     timing = ", ".join(f"{p} {m:.1f} min" for p, m in pretrain_min.items())
     print(f"\nDSB2018 fluo: {len(test)} held-out test images; pre-training on the other {len(pool)} without labels, "
