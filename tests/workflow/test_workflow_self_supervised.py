@@ -48,6 +48,7 @@ def test_masked_pretraining_end_to_end(masked):
     assert np.isfinite(metrics.loc[0, "psnr"]) and metrics.loc[0, "ssim"] < 1.0  # the hidden blocks were guessed
     ckpt = torch.load(out / "model" / "best.pt", weights_only=True)
     assert ckpt["model"]["out_channels"] == 1 and ckpt["model"]["in_channels"] == 1
+    assert ckpt["model"]["residual"] is False  # the decoder carries the image (docs/architecture.md)
     assert planned_jobs(work, work / "cfg.yaml") == {}  # a rerun does nothing
 
 
