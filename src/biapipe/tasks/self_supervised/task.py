@@ -90,8 +90,7 @@ class SelfSupervisedTask(RestorationTask):
 
     # ------------------------------------------------------------------ training
     def residual(self, in_channels: int) -> bool:
-        """No input skip: the decoder must carry the image, not a correction near zero, whose
-        features (mostly silent ReLUs) gave a segmentation head nothing to start from."""
+        """No input skip: the decoder must carry the image (docs/architecture.md, self-supervised)."""
         return False
 
     def build_datasets(self, train_pairs: Any, val_pairs: Any, augment_on_device: bool = False) -> Any:
