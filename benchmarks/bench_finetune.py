@@ -75,16 +75,17 @@ def prepare(folder: Path, names: list[str], work: Path, cfg: dict[str, Any]) -> 
     return pairs
 
 
-def score(checkpoint: Path, cfg: dict[str, Any]) -> dict[str, float]:
-    """Pooled F1 at IoU 0.5 and 0.75 over the test frames."""
+def score(checkpoint: Path, cfg: dict[str, Any], folder: Path = TARGET,
+          names: list[str] = TARGET_TEST) -> dict[str, float]:
+    """Pooled F1 at IoU 0.5 and 0.75 over the test images ``names`` of ``folder``."""
     task = get_task(cfg)
     clear_predictor_cache()
     predictor = load_predictor(checkpoint, "cpu")
     counts = {t: np.zeros(3) for t in (0.5, 0.75)}
-    for name in TARGET_TEST:
-        image = normalize(read_image(TARGET / "images" / f"{name}.tif", 2), cfg["normalize"])
+    for name in names:
+        image = normalize(read_image(folder / "images" / f"{name}.tif", 2), cfg["normalize"])
         pred = predict_image(predictor.model, image, cfg["predict"], task.activate, predictor.divisor, predictor.device)
-        m = matching_metrics(task.postprocess(pred), read_label(TARGET / "labels" / f"{name}.tif", 2), [0.5, 0.75])
+        m = matching_metrics(task.postprocess(pred), read_label(folder / "labels" / f"{name}.tif", 2), [0.5, 0.75])
         for t in counts:
             counts[t] += [m[f"tp@{t}"], m[f"fp@{t}"], m[f"fn@{t}"]]
     return {f"f1@{t}": 2 * c[0] / (2 * c[0] + c[1] + c[2]) for t, c in counts.items()}

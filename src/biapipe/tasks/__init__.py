@@ -22,6 +22,7 @@ REGISTRY: dict[str, str] = {
     "denoising": "denoising.task:DenoisingTask",
     "super_resolution": "super_resolution.task:SuperResolutionTask",
     "image_to_image": "image_to_image.task:ImageToImageTask",
+    "self_supervised": "self_supervised.task:SelfSupervisedTask",
 }
 
 

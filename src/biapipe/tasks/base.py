@@ -146,6 +146,10 @@ class Task(GalleryHooks):
         default (super-resolution upsamples it to the output grid, lazily for large images)."""
         return image
 
+    def prediction_input(self, image: Any, path: str | Path) -> Any:
+        """The network input of the test image at ``path``; self-supervision corrupts it first."""
+        return self.network_input(image)
+
     def upsampling(self) -> tuple[int, ...] | None:
         """Per (Z)YX axis, the factor by which :meth:`network_input` enlarges an image (an exported
         model upsamples its input by it, with the same cubic kernel); None: not at all."""

@@ -200,7 +200,7 @@ def predict(*, model: str, image: str, out: str, task: Task, axes: str | None, n
             result = resize_image(result, prepared["source_shape"])
         write_prediction(out, result, task, model, pcfg, {"scale": prepared["scale"]})
         return
-    array = task.network_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)))
+    array = task.prediction_input(normalized_image(image, task.ndim, axes, normalize, _stats(stats)), image)
     result, scale = predict_rescaled(model, image, array, task, pcfg, logger)
     write_prediction(out, result, task, model, pcfg, scale)
 
@@ -217,7 +217,7 @@ def predict_batch(*, model: str, images: Sequence[str], outs: Sequence[str], mar
     pcfg, stats_dict = with_threads(predict, threads), _stats(stats)
 
     def load(path: str) -> np.ndarray:
-        return np.asarray(task.network_input(normalized_image(path, task.ndim, axes, normalize, stats_dict)))
+        return np.asarray(task.prediction_input(normalized_image(path, task.ndim, axes, normalize, stats_dict), path))
 
     with ThreadPoolExecutor(1, thread_name_prefix="read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="write") as writer:

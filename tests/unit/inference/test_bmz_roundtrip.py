@@ -38,6 +38,8 @@ WORKFLOWS = {
                          "targets": {"super_resolution": {"factor": 2, "channels": 1}}},
     "image_to_image": {"normalize": {"scope": "dataset", "stats": {"low": [20.0], "high": [230.0]}},
                        "targets": {"image_to_image": {"channels": ["dapi", "actin"]}}},
+    "self_supervised": {"normalize": {"scope": "dataset", "stats": {"low": [20.0], "high": [230.0]}},
+                        "targets": {"self_supervised": {"channels": 1}}},
 }
 #: Restoration models store how their targets were normalized; prediction undoes it.
 TARGET_NORMALIZATION = {"offset": [500.0, 300.0], "scale": [100.0, 50.0]}  # counts: positive
@@ -64,7 +66,7 @@ def model_file(folder: Path, workflow: str) -> tuple[Path, dict[str, Any]]:
                            "data": {"train": {"images": "x"}}, **extra,
                            "train": {"model": {"depth": 2, "width": 4}, **extra.get("train", {})}})
     spec = get_task(cfg).model_spec(1)
-    if "targets" in extra and any(k in extra["targets"] for k in ("denoising", "super_resolution", "image_to_image")):
+    if "targets" in extra and any(k in extra["targets"] for k in ("denoising", "super_resolution", "image_to_image", "self_supervised")):
         spec["target_normalization"] = {k: v[:spec["out_channels"]] for k, v in TARGET_NORMALIZATION.items()}
     torch.manual_seed(1)
     net = build_model(spec)

@@ -1,0 +1,1 @@
+"""Self-supervised pre-training: reconstruct unlabelled images from masked or degraded copies."""
