@@ -61,7 +61,7 @@ rule prepare:
         normalize=NORMALIZE_KEY,
         axes=AXES,
         workflow=CFG["workflow"],
-        targets=smk.rerun_key(CFG["targets"]),
+        targets=smk.targets_key(CFG),
         halo=str(TASK.target_halo()),
         object_diameter=CFG["train"]["object_diameter"],
         **({} if TASK.labels_are_files else {"label": W.train_label_value}),

@@ -27,7 +27,7 @@ if TASK.metrics_tables and SCORED_IDS:
             **{name: report(f"{OUT}/{path}", caption="../report/tables.rst", category="3. Metrics")
                for name, path in TASK.metrics_tables.items()},
         params:
-            classes=smk.rerun_key(CFG["targets"]),
+            classes=smk.targets_key(CFG),
         log:
             f"{OUT}/logs/metrics_tables.log",
         run:

@@ -265,7 +265,15 @@ def drop_incomplete_batches(plan: Plan, marker_of: Callable[[str], str], outputs
 def train_params(cfg: Section) -> dict[str, str]:
     """What changes the trained weights, as canonical text (key order never reruns a job)."""
     return {"train": rerun_key(training_keys(cfg["train"])), "workflow": cfg["workflow"], "seed": str(cfg["seed"]),
-            "targets": rerun_key(cfg["targets"]), "ndim": str(cfg["ndim"])}
+            "targets": targets_key(cfg), "ndim": str(cfg["ndim"])}
+
+
+def targets_key(cfg: Section) -> str:
+    """The targets section as this workflow reads it: its shared keys and its own subsection
+    (``targets.instance`` for instance, ...), not the other workflows' subsections, so a new
+    workflow's defaults in the schema never retrain an existing experiment."""
+    targets = cfg["targets"]
+    return rerun_key({k: v for k, v in targets.items() if not isinstance(v, Mapping) or k == cfg["workflow"]})
 
 
 def predict_params(cfg: Section) -> str:

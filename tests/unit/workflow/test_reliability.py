@@ -84,6 +84,20 @@ def test_rule_parameters_do_not_depend_on_key_order_or_spelled_out_defaults() ->
     assert smk.train_params(changed) != smk.train_params(a)
 
 
+def test_another_workflows_target_settings_never_retrain() -> None:
+    """A new workflow's defaults in the schema (an upgrade) or a setting for another workflow
+    leave an experiment's training and prepared targets as they are; its own settings do not."""
+    given = {"experiment": "x", "workflow": "instance", "ndim": 2, "data": {"demo": {"n_train": 3}}}
+    a = validate_config(given)
+    other = dict(a["targets"])
+    other.pop("denoising")  # as before the denoising workflow existed
+    other["detection"] = {**a["targets"]["detection"], "radius": 9}
+    b = a.replace(targets=other)
+    assert smk.train_params(a) == smk.train_params(b) and smk.targets_key(a) == smk.targets_key(b)
+    own = a.replace(targets={**a["targets"], "instance": {**a["targets"]["instance"], "channels": "BC"}})
+    assert smk.targets_key(own) != smk.targets_key(a)
+
+
 # --------------------------------------------------------------------------- bad input, every split
 
 
