@@ -6,7 +6,7 @@ read them (samples, demo, header and pixel checks): a mixin of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,9 @@ class ClassFiles:
         return found
 
 
-def check_class_folders(split: str, spec: Mapping[str, Any], label_ids: Sequence[str]) -> None:
+def check_class_folders(split: str, spec: Mapping[str, Any], labels: Mapping[str, str]) -> None:
     """Parse-time pairing: a split with labels needs a class folder (test: optional) holding a
-    class image for every label and nothing else."""
+    class image for every label (``labels``: sample name -> label file) and nothing else."""
     key = f"data.{split}.classes"
     folder = spec.get("classes")
     if not folder:
@@ -65,11 +65,10 @@ def check_class_folders(split: str, spec: Mapping[str, Any], label_ids: Sequence
             raise ConfigError(key, "is required when targets.instance.classes is set (a class image per label)")
         return
     found = list_images(folder)
-    missing = sorted(set(label_ids) - set(found))
+    missing = sorted(set(labels) - set(found))
     if missing:
-        raise InputError(Path(spec["labels"]) / missing[0], f"has no class image in {folder} "
-                                                           f"({len(missing)} label(s) without one)")
-    orphans = sorted(set(found) - set(label_ids))
+        raise InputError(labels[missing[0]], f"has no class image in {folder} ({len(missing)} label(s) without one)")
+    orphans = sorted(set(found) - set(labels))
     if orphans:
         raise InputError(found[orphans[0]], f"is a class image without a label in {spec.get('labels')}")
 
@@ -87,7 +86,7 @@ class ClassedSamples(LabelImageTask):
     def split_samples(self, split: str, spec: dict[str, Any]) -> list[Sample]:
         samples = super().split_samples(split, spec)
         if self.n_classes:
-            check_class_folders(split, spec, [imageio.image_id(s.label) for s in samples if s.label])
+            check_class_folders(split, spec, {imageio.image_id(s.label): s.label for s in samples if s.label})
         return samples
 
     def sheet_label_column(self) -> str:
