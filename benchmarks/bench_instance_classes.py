@@ -64,11 +64,11 @@ def derive(out: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[
     return counts
 
 
-def config(data: Path, epochs: int, seed: int) -> dict:
+def config(data: Path, epochs: int, seed: int, classes: bool = True) -> dict:
     return {
         "experiment": "classes", "workflow": "instance", "ndim": 2, "seed": seed,
         "data": {s: {k: str(data / s / k) for k in ("images", "labels", "classes")} for s in ("train", "val", "test")},
-        "targets": {"instance": {"channels": ["foreground", "contour"], "classes": 2}},
+        "targets": {"instance": {"channels": ["foreground", "contour"], "classes": 2 if classes else None}},
         "train": {"plan": "none", "model": {"depth": 3, "width": 16}, "patch_size": [128, 128], "batch_size": 8,
                   "patches_per_epoch": 128, "epochs": epochs, "val_patches": 16, "threads": 2,
                   "early_stopping": {"patience": epochs + 1}},
@@ -85,12 +85,14 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=3, help="validation images per class")
     parser.add_argument("--test", type=int, default=10, help="test images per class")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-classes", action="store_true",
+                        help="the same run without the class head (class-agnostic rows only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         derive(work / "data", args.train, args.val, args.test, args.seed)
         cfgfile = work / "config.yaml"
-        cfgfile.write_text(yaml.safe_dump(config(work / "data", args.epochs, args.seed)))
+        cfgfile.write_text(yaml.safe_dump(config(work / "data", args.epochs, args.seed, not args.no_classes)))
         start = time.perf_counter()
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory",
                str(work), "--configfile", str(cfgfile), "--cores", "2", "--quiet"]
@@ -102,19 +104,30 @@ def main() -> None:
         summary = pd.read_csv(out / "summary.csv").iloc[0]
         metrics = pd.read_csv(out / "metrics.csv")
     print(f"{2 * args.train} training, {2 * args.val} validation, {2 * args.test} test images "
-          f"(half of each per class); {args.epochs} epochs of 128 patches of 128²; whole run {wall / 60:.1f} min\n")
-    print("| class | true objects | predicted objects | precision@0.5 | recall@0.5 | F1@0.5 |")
-    print("|---|---|---|---|---|---|")
+          f"(half of each per class); {args.epochs} epochs of 128 patches of 128²; "
+          f"{'no class head; ' if args.no_classes else ''}whole run {wall / 60:.1f} min\n")
+    print("| class | true objects | predicted objects | precision@0.5 | recall@0.5 | F1@0.5 | "
+          "F1@0.5 any class, its images |")
+    print("|---|---|---|---|---|---|---|")
     for cls, (_, name) in SOURCES.items():
+        own = metrics[metrics["image"].str.startswith(f"c{cls}_")]
+        tp, fp, fn = (float(own[f"{c}@0.5"].sum()) for c in ("tp", "fp", "fn"))
+        agnostic = 2 * tp / max(2 * tp + fp + fn, 1)
         k = f"class{cls}"
+        if args.no_classes:
+            print(f"| {cls}: {name} | {own['n_gt'].sum():.0f} | {own['n_pred'].sum():.0f} | | | | {agnostic:.3f} |")
+            continue
         tp, fp, fn = (float(metrics[f"{k}_{c}"].sum()) for c in ("tp", "fp", "fn"))
         print(f"| {cls}: {name} | {tp + fn:.0f} | {tp + fp:.0f} | {summary[f'pooled_{k}_precision']:.3f} | "
-              f"{summary[f'pooled_{k}_recall']:.3f} | {summary[f'pooled_{k}_f1']:.3f} |")
-    print(f"| mean over classes | | | | | {summary['pooled_class_f1_mean']:.3f} |")
+              f"{summary[f'pooled_{k}_recall']:.3f} | {summary[f'pooled_{k}_f1']:.3f} | {agnostic:.3f} |")
+    if not args.no_classes:
+        print(f"| mean over classes | | | | | {summary['pooled_class_f1_mean']:.3f} | |")
     print(f"| any class (class-agnostic) | {summary['n_gt']:.0f} | {summary['n_pred']:.0f} | "
-          f"{summary['pooled_precision@0.5']:.3f} | {summary['pooled_recall@0.5']:.3f} | {summary['pooled_f1@0.5']:.3f} |")
-    print(f"\nclass accuracy of the objects matched at IoU 0.5: {summary['pooled_class_accuracy']:.3f} "
-          f"({metrics['class_matched'].sum():.0f} matched)")
+          f"{summary['pooled_precision@0.5']:.3f} | {summary['pooled_recall@0.5']:.3f} | "
+          f"{summary['pooled_f1@0.5']:.3f} | |")
+    if not args.no_classes:
+        print(f"\nclass accuracy of the objects matched at IoU 0.5: {summary['pooled_class_accuracy']:.3f} "
+              f"({metrics['class_matched'].sum():.0f} matched)")
 
 
 if __name__ == "__main__":
