@@ -33,6 +33,8 @@ import pandas as pd
 import tifffile
 import yaml
 
+from biapipe.core.config import defaults
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SOURCES = {1: ("dsb2018_train_fluo", "fluorescence"), 2: ("dsb2018_train_color", "brightfield/H&E")}
@@ -64,11 +66,12 @@ def derive(out: Path, n_train: int, n_val: int, n_test: int, seed: int) -> dict[
     return counts
 
 
-def config(data: Path, epochs: int, seed: int, classes: bool = True) -> dict:
+def config(data: Path, epochs: int, seed: int, classes: bool = True, class_weight: float | None = None) -> dict:
     return {
         "experiment": "classes", "workflow": "instance", "ndim": 2, "seed": seed,
         "data": {s: {k: str(data / s / k) for k in ("images", "labels", "classes")} for s in ("train", "val", "test")},
-        "targets": {"instance": {"channels": ["foreground", "contour"], "classes": 2 if classes else None}},
+        "targets": {"instance": {"channels": ["foreground", "contour"], "classes": 2 if classes else None,
+                                 **({"class_weight": class_weight} if class_weight is not None else {})}},
         "train": {"plan": "none", "model": {"depth": 3, "width": 16}, "patch_size": [128, 128], "batch_size": 8,
                   "patches_per_epoch": 128, "epochs": epochs, "val_patches": 16, "threads": 2,
                   "early_stopping": {"patience": epochs + 1}},
@@ -87,12 +90,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-classes", action="store_true",
                         help="the same run without the class head (class-agnostic rows only)")
+    parser.add_argument("--class-weight", type=float, default=None,
+                        help="targets.instance.class_weight (default: the schema's)")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the run in this folder")
     args = parser.parse_args()
+    weight = args.class_weight if args.class_weight is not None else defaults("targets.instance")["class_weight"]
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
         derive(work / "data", args.train, args.val, args.test, args.seed)
         cfgfile = work / "config.yaml"
-        cfgfile.write_text(yaml.safe_dump(config(work / "data", args.epochs, args.seed, not args.no_classes)))
+        cfgfile.write_text(yaml.safe_dump(config(work / "data", args.epochs, args.seed, not args.no_classes,
+                                                 args.class_weight)))
         start = time.perf_counter()
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"), "--directory",
                str(work), "--configfile", str(cfgfile), "--cores", "2", "--quiet"]
@@ -105,7 +113,7 @@ def main() -> None:
         metrics = pd.read_csv(out / "metrics.csv")
     print(f"{2 * args.train} training, {2 * args.val} validation, {2 * args.test} test images "
           f"(half of each per class); {args.epochs} epochs of 128 patches of 128²; "
-          f"{'no class head; ' if args.no_classes else ''}whole run {wall / 60:.1f} min\n")
+          f"{'no class head' if args.no_classes else f'class_weight {weight:g}'}; whole run {wall / 60:.1f} min\n")
     print("| class | true objects | predicted objects | precision@0.5 | recall@0.5 | F1@0.5 | "
           "F1@0.5 any class, its images |")
     print("|---|---|---|---|---|---|---|")
