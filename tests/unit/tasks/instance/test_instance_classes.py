@@ -177,3 +177,19 @@ def test_training_split_without_class_folder_is_a_config_error(tmp_path):
     (tmp_path / "train" / "classes" / "a.tif").rename(tmp_path / "train" / "classes" / "b.tif")
     with pytest.raises(InputError, match="labels/a.tif.*no class image"):
         task.split_samples("train", data["train"])
+
+
+def test_demo_data_comes_with_class_images_of_both_classes(tmp_path):
+    cfg = validate_config({"experiment": "x", "workflow": "instance", "ndim": 2, "targets": {"instance": {"classes": 2}},
+                           "data": {"demo": {"folder": str(tmp_path / "demo"), "n_train": 2, "n_val": 1, "n_test": 1,
+                                             "size": 48}}})
+    task = get_task(cfg)
+    task.write_demo()
+    found = []
+    for sample in task.demo_samples():
+        path = task.class_files.path_for(sample.label)
+        labels, classes = tifffile.imread(sample.label), tifffile.imread(path)
+        assert path.endswith(f"{sample.split}/classes/{sample.id}.tif") and classes.shape == labels.shape
+        by_id = object_classes(labels, classes, 2, path)  # every object has a class
+        found.extend(by_id[1:][by_id[1:] > 0].tolist())
+    assert set(found) == {1, 2}
