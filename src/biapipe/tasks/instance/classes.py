@@ -6,11 +6,9 @@ class pixels inside it, so a class image may be a painted mask that only roughly
 objects. An object without any class pixel is an error naming the file: silently training it
 as some class would teach the network a wrong answer.
 
-The network learns N extra channels, one-hot on object pixels and 0 elsewhere; a soft
-cross-entropy over them on object pixels only (:class:`biapipe.training.losses.ClassedLoss`),
-so the class head never has to learn where the background is (the instance channels do). One-hot
-float channels survive the linear interpolation of zoom and elastic augmentation as soft labels,
-where a single channel of class indices would be blended into wrong classes.
+The network learns N extra channels, one-hot on object pixels and 0 elsewhere, by a soft
+cross-entropy on object pixels only (:class:`biapipe.training.losses.ClassedLoss`; why:
+docs/architecture.md, "A class per object").
 
 An object's predicted class is the majority vote of its pixels' most probable class.
 
