@@ -34,7 +34,8 @@ class ActivatedNet(nn.Module):
     ``activation`` is one entry per output channel: ``["sigmoid"]`` or ``["sigmoid", offset]``
     (a fixed logit offset added first), ``["clamp", low, high]``, ``["affine", gain, offset]``
     (``y * gain + offset``: a restoration model's output back in its targets' units) or
-    ``["identity"]``; or the single entry ``["softmax"]`` over all channels. ``upsample``
+    ``["identity"]`` or ``["softmax_group"]`` (one softmax over every channel so marked: an
+    instance model's class channels); or the single entry ``["softmax"]`` over all channels. ``upsample``
     (per spatial axis) enlarges the input by cubic convolution first, as super-resolution
     does. Consumers of an exported model then get the same quantities ``biapipe predict`` stores.
     """
@@ -51,6 +52,7 @@ class ActivatedNet(nn.Module):
         self.high = [float(a[2]) if a[0] == "clamp" else math.inf for a in activation] if kinds else []
         self.gain = [float(a[1]) if a[0] == "affine" else 1.0 for a in activation] if kinds else []
         self.shift = [float(a[2]) if a[0] == "affine" else 0.0 for a in activation] if kinds else []
+        self.group = [c for c, k in enumerate(kinds) if k == "softmax_group"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.upsample is not None:
@@ -59,9 +61,13 @@ class ActivatedNet(nn.Module):
         if self.softmax:
             return torch.softmax(y, dim=1)
         parts = []
+        group = torch.softmax(y[:, self.group], dim=1) if self.group else None
         for c in range(len(self.sigmoid_mask)):
             part = y[:, c:c + 1]
-            if self.sigmoid_mask[c]:
+            if group is not None and c in self.group:
+                k = self.group.index(c)
+                parts.append(group[:, k:k + 1])
+            elif self.sigmoid_mask[c]:
                 parts.append(torch.sigmoid(part + self.offset[c]))
             else:
                 parts.append(part.clamp(self.low[c], self.high[c]) * self.gain[c] + self.shift[c])

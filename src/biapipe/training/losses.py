@@ -161,6 +161,27 @@ class OffsetLoss(nn.Module):
         return self.inner(logits + self.offset, target)
 
 
+class ClassedLoss(nn.Module):
+    """``maps`` on the first ``n_maps`` channels plus ``class_weight`` times a soft cross-entropy
+    over the remaining (class) channels, on the pixels whose class target sums to more than 0
+    (objects; tasks/instance/classes.py): -sum_k t_k log softmax_k, weighted by sum_k t_k
+    (a patch without objects adds 0)."""
+
+    def __init__(self, maps: nn.Module, n_maps: int, class_weight: float = 1.0) -> None:
+        super().__init__()
+        self.maps = maps
+        self.n_maps = int(n_maps)
+        self.class_weight = float(class_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = self.n_maps
+        total = self.maps(logits[:, :k], target[:, :k])
+        soft = target[:, k:].to(logits.dtype)
+        weight = soft.sum(dim=1)
+        nll = -(soft * F.log_softmax(logits[:, k:], dim=1)).sum(dim=1)
+        return total + self.class_weight * nll.sum() / weight.sum().clamp_min(1.0)
+
+
 # --------------------------------------------------------------------------- restoration
 
 #: SSIM constants for data in a unit range (Wang et al., 2004): K1 = 0.01, K2 = 0.03.

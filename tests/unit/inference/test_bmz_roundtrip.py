@@ -58,10 +58,11 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NO_PROXY", "")
 
 
-def model_file(folder: Path, workflow: str) -> tuple[Path, dict[str, Any]]:
+def model_file(folder: Path, workflow: str, extra: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """A checkpoint of a small random network (seeded) with its config and tuned thresholds, as
-    an experiment's model.pt holds them."""
-    extra = WORKFLOWS[workflow]
+    an experiment's model.pt holds them (``extra``: config sections instead of the workflow's,
+    and no tuned thresholds)."""
+    extra = WORKFLOWS[workflow] if extra is None else extra
     cfg = validate_config({"experiment": workflow, "workflow": workflow, "ndim": 2, "seed": 0,
                            "data": {"train": {"images": "x"}}, **extra,
                            "train": {"model": {"depth": 2, "width": 4}, **extra.get("train", {})}})
@@ -78,7 +79,7 @@ def model_file(folder: Path, workflow: str) -> tuple[Path, dict[str, Any]]:
         if workflow == "detection":  # peaks near 1, as a trained detector's (its prior makes them ~0.01)
             net.head.bias.fill_(5.0)
     ckpt = checkpoint_dict(spec, net.state_dict(), 3, 0.5, workflow, "val_loss", config=model_meta(cfg))
-    ckpt["tuned"] = TUNED.get(workflow)
+    ckpt["tuned"] = TUNED.get(workflow) if extra is WORKFLOWS[workflow] else None
     path = folder / f"{workflow}.pt"
     save_checkpoint(path, ckpt)
     return path, cfg
@@ -137,6 +138,29 @@ def test_export_import_predicts_the_same(workflow: str, tmp_path: Path) -> None:
         with torch.no_grad():
             y = net(torch.from_numpy(x.copy())).numpy()
         np.testing.assert_allclose(y.reshape(test_out.shape), test_out, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_instance_with_classes_round_trip(tmp_path: Path) -> None:
+    """The class channels (a softmax of their own) travel with the package, and so do the
+    number of classes and the post-processing values: both predict the same objects and classes."""
+    extra = {"targets": {"instance": {"channels": ["foreground", "contour"], "classes": 3}},
+             "postprocess": {"instance": {"seed_foreground": "otsu", "seed_contour": 1.0, "mask_threshold": "otsu",
+                                          "min_size": 5}}}
+    checkpoint, cfg = model_file(tmp_path, "instance", extra)
+    raw_path, image = raw_image(tmp_path)
+    package = export_bmz(checkpoint, cfg, get_task(cfg), tmp_path / "classes.zip", raw_path)
+    info = read_model_info(package)
+    assert info.out_channels == 5 and info.config["targets"]["instance"]["classes"] == 3
+    assert info.config["postprocess"]["instance"]["min_size"] == 5
+    assert info.config["postprocess"]["instance"]["seed_foreground"] == "otsu"
+    ours = biapipe.predict(checkpoint, image, probabilities=True)
+    np.testing.assert_array_equal(ours, biapipe.predict(package, image, probabilities=True))
+    np.testing.assert_allclose(ours[..., 2:].sum(axis=-1), 1.0, atol=1e-5)  # one softmax over the classes
+    a, b = biapipe.predict(checkpoint, image), biapipe.predict(package, image)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    assert a.labels.max() > 0 and set(a.classes[1:].tolist()) <= {1, 2, 3}
 
 
 def test_tuned_thresholds_travel_into_the_config(tmp_path: Path) -> None:

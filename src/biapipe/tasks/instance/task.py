@@ -31,7 +31,8 @@ from ...data.blocks import Block
 from ...data.scale import median_diameter, object_stats
 from ...large.plan import halo
 from ...large.volumes import open_raw
-from ..label_images import LabelImageTask
+from .class_files import ClassedSamples, ClassFiles
+from .classes import ClassedLabels, class_matching, class_targets, classes_from_map, summarize_classes, vote
 from .large import (
     create_raw_labels,
     instance_metrics_blocks,
@@ -65,7 +66,7 @@ def tuned_thresholds_path(cfg: dict[str, Any]) -> Path:
     return Path(cfg["results"]) / cfg["experiment"] / "tuning" / "instance_thresholds.json"
 
 
-class InstanceTask(LabelImageTask):
+class InstanceTask(ClassedSamples):
     name: ClassVar[str] = "instance"
     output_dir: ClassVar[str] = "labels"
     side_outputs: ClassVar[dict[str, str]] = {"objects": "objects/{image}.csv"}
@@ -90,20 +91,36 @@ class InstanceTask(LabelImageTask):
         key = threshold_key(0.5 if 0.5 in self.iou_thresholds else self.iou_thresholds[0])
         self.main_metric, self.main_score = f"f1@{key}", f"pooled_f1@{key}"
         self.main_score_name = f"F1 of the objects at IoU {key} (pooled over images)"
+        self.n_classes: int | None = tcfg["classes"]
+        if self.n_classes:  # tasks/instance/classes.py
+            self.class_files = ClassFiles(cfg["data"])
+            self.side_outputs = {**self.side_outputs, "classes": "classes/{image}.tif"}
+            self.large_output_suffix = None  # images are predicted whole
+            self.prepares_by_block = False
 
     # ------------------------------------------------------------------ training side
     def out_channels(self) -> int:
-        return len(self.channels)
+        return len(self.channels) + (self.n_classes or 0)
 
     def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
-        return instance_targets(prepare_labels(label, path), self.spec)
+        """The channel maps, and with classes the one-hot class channels; ``label`` may be zoomed
+        (prepare), so the classes are read against the label file itself."""
+        labels = prepare_labels(label, path)
+        maps = instance_targets(labels, self.spec)
+        if not self.n_classes:
+            return maps
+        by_id = self.true_classes(imageio.read_label(path, self.ndim), path) if path is not None else None
+        if by_id is None:
+            raise InputError(path, "has no class image (data.<split>.classes) but targets.instance.classes is set")
+        return np.concatenate([maps, class_targets(labels, by_id, self.n_classes)], axis=-1)
 
     def target_halo(self) -> tuple[int, ...]:
         """Distance maps and contours need whole objects: the context block-wise post-processing uses."""
         return halo(self.cfg["predict"], self.ndim)
 
     def check_label(self, path: str | Path, image_shape: tuple[int, ...]) -> None:
-        prepare_labels(self.read_label(path, image_shape), path)
+        label = prepare_labels(self.read_label(path, image_shape), path)
+        self.true_classes(label, path)
 
     def foreground(self, target: np.ndarray) -> np.ndarray:
         for name, level in (("foreground", 0.5), ("signed_distance", 0.0), ("distance", 0.0)):
@@ -115,14 +132,20 @@ class InstanceTask(LabelImageTask):
         from ...training.losses import PerChannelLoss
 
         weights = self.cfg["train"]["loss"]
-        return PerChannelLoss(self.loss_kinds, self.loss_weights, bce_weight=weights["ce"], dice_weight=weights["dice"])
+        maps = PerChannelLoss(self.loss_kinds, self.loss_weights, bce_weight=weights["ce"], dice_weight=weights["dice"])
+        if not self.n_classes:
+            return maps
+        from ...training.losses import ClassedLoss
+
+        return ClassedLoss(maps, len(self.channels), self.cfg["targets"]["instance"]["class_weight"])
 
     def object_counts(self, prediction: np.ndarray, target: np.ndarray) -> tuple[int, int, int]:
         """Objects at IoU 0.5 of the watershed on the prediction against the watershed on the
         target (which turns it back into the objects it was made from), with the configured
         ``postprocess.instance`` values (tuned thresholds need a trained model)."""
-        pred = quiet(instance_postprocess, prediction, self.channels, self.params, self.voxel_size)
-        true = quiet(instance_postprocess, target, self.channels, self.params, self.voxel_size)
+        k = len(self.channels)
+        pred = quiet(instance_postprocess, prediction[..., :k], self.channels, self.params, self.voxel_size)
+        true = quiet(instance_postprocess, target[..., :k], self.channels, self.params, self.voxel_size)
         m = matching_metrics(pred, true, [0.5])
         return int(m["tp@0.5"]), int(m["fp@0.5"]), int(m["fn@0.5"])
 
@@ -132,7 +155,8 @@ class InstanceTask(LabelImageTask):
     def prediction_diameter(self, prediction: np.ndarray) -> float | None:
         """Of the growth mask with the configured thresholds, never the tuned ones: prediction must
         not depend on whether the tuning job has run yet."""
-        return median_diameter(object_mask(prediction, self.channels, self.params), self.spec.sampling(self.ndim))
+        maps = prediction[..., :len(self.channels)]
+        return median_diameter(object_mask(maps, self.channels, self.params), self.spec.sampling(self.ndim))
 
     def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
         return object_stats(prepare_labels(label), self.spec.sampling(self.ndim))
@@ -153,10 +177,17 @@ class InstanceTask(LabelImageTask):
             else:
                 low, high = CHANNEL_RANGES[name]
                 parts.append(x.clamp(low, high))
+        if self.n_classes:
+            parts.append(torch.softmax(logits[:, len(self.channels):], dim=1))
         return torch.cat(parts, dim=1)
 
-    def postprocess(self, prediction: np.ndarray) -> np.ndarray:
-        return instance_postprocess(prediction, self.channels, self.postprocess_params(), self.voxel_size)
+    def postprocess(self, prediction: np.ndarray) -> np.ndarray | ClassedLabels:
+        """Labels from the channel maps; with classes each object's class by majority vote."""
+        k = len(self.channels)
+        labels = instance_postprocess(prediction[..., :k], self.channels, self.postprocess_params(), self.voxel_size)
+        if not self.n_classes:
+            return labels
+        return ClassedLabels(labels, vote(labels, np.asarray(prediction[..., k:])))
 
     def postprocess_params(self) -> InstanceParams:
         """Config thresholds, replaced by the tuned ones when ``postprocess.instance.tuned`` is set."""
@@ -176,8 +207,16 @@ class InstanceTask(LabelImageTask):
         output = np.asarray(output)
         imageio.write_tiff(path, output.astype(label_dtype(int(output.max(initial=0))), copy=False))
 
-    def read_output(self, path: str | Path) -> np.ndarray:
-        return imageio.read_label(path, self.ndim)
+    def read_output(self, path: str | Path) -> np.ndarray | ClassedLabels:
+        """The label image; with classes also its class map, found as post-processing writes it
+        (``classes/`` beside the labels folder)."""
+        labels = imageio.read_label(path, self.ndim)
+        if not self.n_classes:
+            return labels
+        found = Path(path).parent.parent / "classes" / Path(path).name
+        if not found.is_file():
+            raise InputError(found, "class map of a classed instance output not found")
+        return ClassedLabels(labels, classes_from_map(labels, imageio.read_label(found, self.ndim)))
 
     def tuning_file(self) -> str | None:
         return str(tuned_thresholds_path(self.cfg)) if self.pp_cfg["tuned"] else None
@@ -191,7 +230,11 @@ class InstanceTask(LabelImageTask):
     def write_side_outputs(self, paths: dict[str, str], output: np.ndarray, image: np.ndarray | None,
                            prediction: np.ndarray | None = None) -> None:
         score = self.score_map(prediction) if prediction is not None else None
-        imageio.write_csv(paths["objects"], self.objects(output, image, score))
+        table = self.objects(np.asarray(output), image, score)
+        if isinstance(output, ClassedLabels):
+            table.insert(1, "class", output.classes[table["label"].to_numpy(np.intp)])
+            imageio.write_tiff(paths["classes"], output.class_map())
+        imageio.write_csv(paths["objects"], table)
 
     def objects(self, labels: np.ndarray, image: np.ndarray | None = None,
                 score: np.ndarray | None = None) -> pd.DataFrame:
@@ -223,18 +266,26 @@ class InstanceTask(LabelImageTask):
         for pred, lab, path in zip(predictions, labels, prediction_paths):
             if pred.shape[:-1] != lab.shape:
                 raise InputError(path, f"prediction of shape {pred.shape[:-1]} does not match its label {lab.shape}")
+        predictions = [p[..., :len(self.channels)] for p in predictions]
         result = tune_thresholds(predictions, labels, self.channels, self.params, self.voxel_size)
         imageio.write_json(out_json, result)
         return result
 
     # ------------------------------------------------------------------ metrics
-    def evaluate(self, output: np.ndarray, label: np.ndarray, path: str | Path | None = None) -> dict[str, float]:
+    def evaluate(self, output: np.ndarray | ClassedLabels, label: np.ndarray,
+                 path: str | Path | None = None) -> dict[str, float]:
+        """Matching figures; with classes and a class image also per-class ones (classes.py)."""
+        output_in = output
         gt = prepare_labels(label, path)
         output = np.asarray(output)
         if output.shape != gt.shape:
             raise InputError(path, f"prediction of shape {output.shape} does not match ground truth of shape "
                                    f"{gt.shape}")
-        return matching_metrics(output, gt, self.iou_thresholds)
+        row = matching_metrics(output, gt, self.iou_thresholds)
+        truth = self.true_classes(label, path)
+        if isinstance(output_in, ClassedLabels) and truth is not None:
+            row.update(class_matching(output, output_in.classes, gt, truth, self.n_classes))
+        return row
 
     def details(self, output: np.ndarray, label: np.ndarray,
                 side: Mapping[str, str] | None = None) -> pd.DataFrame | None:
@@ -252,6 +303,8 @@ class InstanceTask(LabelImageTask):
         row = summarize_matching(metrics, self.iou_thresholds)
         if details:
             row.update(coco_ap(metrics, details))
+        if self.n_classes:
+            row.update(summarize_classes(metrics, self.n_classes))
         return pd.DataFrame([row])
 
     # ------------------------------------------------------------------ large images
@@ -285,10 +338,10 @@ class InstanceTask(LabelImageTask):
     # ------------------------------------------------------------------ export
     def activation_spec(self) -> list[list[Any]]:
         return [["sigmoid"] if kind in SIGMOID_KINDS else ["clamp", *CHANNEL_RANGES[ch]]
-                for ch, kind in zip(self.channels, self.loss_kinds)]
+                for ch, kind in zip(self.channels, self.loss_kinds)] + [["softmax_group"]] * (self.n_classes or 0)
 
     def output_channel_names(self) -> list[str]:
-        return list(self.channels)
+        return list(self.channels) + [f"class_{c}" for c in range(1, (self.n_classes or 0) + 1)]
 
 
 def _loss_kinds(channels: Sequence[str], kinds: Sequence[str] | None) -> list[str]:

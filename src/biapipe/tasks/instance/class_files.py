@@ -1,0 +1,128 @@
+"""Where an instance workflow with classes finds its class images, and the task hooks that
+read them (samples, demo, header and pixel checks): a mixin of
+:class:`biapipe.tasks.instance.task.InstanceTask`, active when ``targets.instance.classes`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...core import imageio
+from ...core.errors import ConfigError, InputError
+from ...data.samples import Sample, list_images
+from ...data.validate import probe
+from ..label_images import LabelImageTask
+from .classes import object_classes, read_class_image, size_classes
+from .targets import prepare_labels
+
+
+class ClassFiles:
+    """Which class image belongs to a label file: the ``data.<split>.classes`` folder of the
+    split whose ``labels`` folder holds it (a demo's ``{split}/classes``), paired by name.
+    Resolved from the config alone, so every job (parse, prepare, train, post-processing)
+    finds the same file without the sample list."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.folders: dict[str, str] = {}
+        if data["demo"]:
+            root = Path(data["demo"]["folder"])
+            for split in ("train", "val", "test"):
+                self.folders[_norm(root / split / "labels")] = str(root / split / "classes")
+        for split in ("train", "val", "test"):
+            spec = data.get(split)
+            if spec and spec.get("labels") and spec.get("classes"):
+                self.folders[_norm(spec["labels"])] = str(spec["classes"])
+        self._listings: dict[str, dict[str, str]] = {}
+
+    def folder_for(self, label: str | Path) -> str | None:
+        return self.folders.get(_norm(Path(label).parent))
+
+    def path_for(self, label: str | Path) -> str | None:
+        """The class image of ``label``; None when its split has no class folder."""
+        folder = self.folder_for(label)
+        if folder is None:
+            return None
+        if folder not in self._listings:
+            self._listings[folder] = list_images(folder)
+        found = self._listings[folder].get(imageio.image_id(label))
+        if found is None:
+            raise InputError(label, f"has no class image of the same name in {folder}")
+        return found
+
+
+def check_class_folders(split: str, spec: Mapping[str, Any], labels: Mapping[str, str]) -> None:
+    """Parse-time pairing: a split with labels needs a class folder (test: optional) holding a
+    class image for every label (``labels``: sample name -> label file) and nothing else."""
+    key = f"data.{split}.classes"
+    folder = spec.get("classes")
+    if not folder:
+        if split != "test" and spec.get("labels"):
+            raise ConfigError(key, "is required when targets.instance.classes is set (a class image per label)")
+        return
+    found = list_images(folder)
+    missing = sorted(set(labels) - set(found))
+    if missing:
+        raise InputError(labels[missing[0]], f"has no class image in {folder} ({len(missing)} label(s) without one)")
+    orphans = sorted(set(found) - set(labels))
+    if orphans:
+        raise InputError(found[orphans[0]], f"is a class image without a label in {spec.get('labels')}")
+
+
+def _norm(path: str | Path) -> str:
+    return os.path.normpath(os.path.abspath(str(path)))
+
+
+class ClassedSamples(LabelImageTask):
+    """The sample-side hooks of an instance task with classes (``n_classes`` set by the task)."""
+
+    n_classes: int | None = None
+    class_files: ClassFiles
+
+    def split_samples(self, split: str, spec: dict[str, Any]) -> list[Sample]:
+        samples = super().split_samples(split, spec)
+        if self.n_classes:
+            check_class_folders(split, spec, {imageio.image_id(s.label): s.label for s in samples if s.label})
+        return samples
+
+    def sheet_label_column(self) -> str:
+        if self.n_classes:
+            raise ConfigError("data.samples", "has no class images; targets.instance.classes needs "
+                                              "data.<split>.labels and data.<split>.classes folders")
+        return super().sheet_label_column()
+
+    def write_demo(self) -> None:
+        """The demo data, with a class image per label: the larger half of the objects (by the
+        median size over every demo image) are class 2."""
+        super().write_demo()
+        if not self.n_classes:
+            return
+        labels = {p: imageio.read_label(p, self.ndim) for s in self.demo_samples() for p in [s.label]}
+        sizes = np.concatenate([np.bincount(lab.ravel().astype(np.intp))[1:] for lab in labels.values()])
+        median = float(np.median(sizes[sizes > 0]))
+        for path, lab in labels.items():
+            folder = Path(path).parent.parent / "classes"
+            imageio.write_tiff(folder / Path(path).name, size_classes(lab, median))
+
+    def check_label_header(self, label: str, header_shape: tuple[int, ...], dtype: np.dtype, image: str,
+                           image_shape: tuple[int, ...]) -> None:
+        super().check_label_header(label, header_shape, dtype, image, image_shape)
+        found = self.class_files.path_for(label) if self.n_classes else None
+        if found is not None:
+            shape, _ = probe(found)
+            if [s for s in shape if s != 1] != [s for s in header_shape if s != 1]:
+                raise InputError(found, f"class image of shape {tuple(shape)} does not match its label image "
+                                        f"{Path(label).name} of shape {tuple(header_shape)}")
+
+    def true_classes(self, label: np.ndarray, path: str | Path | None) -> np.ndarray | None:
+        """Each object's true class (by label id) from the class image of the label file at
+        ``path``, checked against ``label`` (as read, not zoomed); None without one."""
+        found = self.class_files.path_for(path) if self.n_classes and path is not None else None
+        if found is None:
+            return None
+        classes = read_class_image(found, self.ndim, np.shape(label), self.n_classes)
+        return object_classes(prepare_labels(label, path), classes, self.n_classes, found)
