@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import numpy as np
@@ -122,13 +123,18 @@ def pair_split(
             raise ConfigError(f"data.{split}.labels", "is required for training data")
         return [Sample(i, p, None, split) for i, p in images.items()]
     labels = list_images(labels_dir, label_suffixes)
-    missing = sorted(set(images) - set(labels))
-    if missing:
-        raise InputError(images[missing[0]], f"has no label in {labels_dir} ({len(missing)} image(s) without label)")
-    orphans = sorted(set(labels) - set(images))
-    if orphans:
-        raise InputError(labels[orphans[0]], f"is a label without an image in {spec['images']} ({len(orphans)} such label(s))")
+    check_paired(images, labels, f"has no label in {labels_dir} ({{n}} image(s) without label)",
+                 f"is a label without an image in {spec['images']} ({{n}} such label(s))")
     return [Sample(i, p, labels[i], split) for i, p in images.items()]
+
+
+def check_paired(owners: Mapping[str, str], partners: Mapping[str, str], missing: str, orphan: str) -> None:
+    """Every name (id -> file) in ``owners`` has a partner file and every partner an owner; else
+    InputError naming the first file without one (``{n}`` in a message: how many there are)."""
+    for have, want, message in ((owners, partners, missing), (partners, owners, orphan)):
+        alone = sorted(set(have) - set(want))
+        if alone:
+            raise InputError(have[alone[0]], message.replace("{n}", str(len(alone))))
 
 
 def read_sample_sheet(path: str | Path, label_column: str = "label") -> list[Sample]:

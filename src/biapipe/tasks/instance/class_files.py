@@ -14,7 +14,7 @@ import numpy as np
 
 from ...core import imageio
 from ...core.errors import ConfigError, InputError
-from ...data.samples import Sample, list_images
+from ...data.samples import Sample, check_paired, list_images
 from ...data.validate import probe
 from ..label_images import LabelImageTask
 from .classes import object_classes, read_class_image, size_classes
@@ -65,12 +65,8 @@ def check_class_folders(split: str, spec: Mapping[str, Any], labels: Mapping[str
             raise ConfigError(key, "is required when targets.instance.classes is set (a class image per label)")
         return
     found = list_images(folder)
-    missing = sorted(set(labels) - set(found))
-    if missing:
-        raise InputError(labels[missing[0]], f"has no class image in {folder} ({len(missing)} label(s) without one)")
-    orphans = sorted(set(found) - set(labels))
-    if orphans:
-        raise InputError(found[orphans[0]], f"is a class image without a label in {spec.get('labels')}")
+    check_paired(labels, found, f"has no class image in {folder} ({{n}} label(s) without one)",
+                 f"is a class image without a label in {spec.get('labels')}")
 
 
 def _norm(path: str | Path) -> str:
