@@ -1,32 +1,17 @@
 # Config, samples and input functions shared by all rules; the logic lives in
 # biapipe.workflow (smk: the plan; wiring: input functions and stage arguments), unit-tested.
+import runpy
 import sys
 
 from biapipe.workflow.slurm import reexec_group_job
 
 reexec_group_job()  # SLURM group jobs: every image in this one process (docs/cluster.md)
 
-from snakemake.jobs import GroupJob
-from snakemake.logging import logger
-
 from biapipe.core.errors import BiapipeError
 from biapipe.workflow import smk, stages
 from biapipe.workflow.wiring import Wiring
 
-
-# Snakemake 9 drops the message of a failed group job (GroupJob.log_error ignores it), so a
-# group that SLURM refused showed "message: None"; print the executor's message (sbatch's own
-# reason, e.g. "More processors requested than permitted") before Snakemake's summary.
-def _log_group_error(job, msg=None, aux_logs=None, **kwargs):
-    if msg:
-        logger.error(f"Error in group {job.groupid}: {msg}")
-    _LOG_GROUP_ERROR(job, msg, aux_logs, **kwargs)
-
-
-if not hasattr(GroupJob, "_biapipe_log_error"):
-    GroupJob._biapipe_log_error = GroupJob.log_error
-    GroupJob.log_error = _log_group_error
-_LOG_GROUP_ERROR = GroupJob._biapipe_log_error
+runpy.run_path(f"{workflow.basedir}/snakemake_fixes.py")["apply"]()  # group errors, scheduler wake-ups
 
 try:
     PLAN = smk.make_plan(config, workflow.basedir)
