@@ -72,6 +72,15 @@ def test_instance_with_classes(tmp_path):
     assert summary["pooled_class2_f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), nan_ok=True)
     assert {"pooled_class1_f1", "pooled_class_accuracy", "pooled_class_f1_mean", "pooled_f1@0.5"} <= set(summary.index)
     assert "thresholds" in (out / "tuning" / "instance_thresholds.json").read_text()
+    # A class image is an input of the jobs that read it: editing a test image's rescores that
+    # image only; editing a training image's prepares that image again and retrains.
+    for split, name, expected in (("test", "test_001", {"postprocess": 1}), ("train", "train_000", {"prepare": 1})):
+        path = tmp_path / "data" / split / "classes" / f"{name}.tif"
+        classes = tifffile.imread(path)
+        tifffile.imwrite(path, np.where(classes > 0, 3 - classes, 0).astype(classes.dtype))
+        plan = planned_jobs(tmp_path, cfgfile)
+        assert {k: plan.get(k) for k in expected} == expected
+        assert ("train" in plan) == (split == "train")
 
 
 def test_a_class_value_above_n_stops_the_run_before_training(tmp_path):

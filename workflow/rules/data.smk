@@ -7,7 +7,8 @@ if CFG["data"]["demo"]:
         output:
             # once each: an image may be its own target (self-supervised denoising)
             list(dict.fromkeys([s.image for s in PLAN.ds.all()] +
-                               [s.label for s in PLAN.ds.all() if TASK.labels_are_files and s.label])),
+                               [f for s in PLAN.ds.all() if TASK.labels_are_files and s.label
+                                for f in [s.label, *TASK.label_companions(s.label)]])),
         params:
             demo=smk.rerun_key(CFG["data"]["demo"]),
             ndim=CFG["ndim"],
@@ -53,6 +54,7 @@ rule prepare:
     input:
         image=W.train_image_of,
         label=W.train_label_of,
+        companions=W.train_companions_of,
         stats=STATS_INPUT,
     output:
         image=directory(f"{OUT}/normalized/{{image}}.zarr"),

@@ -9,6 +9,7 @@ rule postprocess:
         image=IMAGE_FOR_POSTPROCESS,
         tuning=TUNING_INPUT,
         label=TEST_LABEL,
+        companions=W.companions_of,
     output:
         main=f"{OUT}/{TASK.output_dir}/{{image}}{TASK.output_suffix}",
         metrics=f"{OUT}/metrics/{{image}}.csv",

@@ -53,11 +53,11 @@ class Task(GalleryHooks):
     whole_image: ClassVar[bool] = False
     #: whether ``train.monitor: iou | f1`` applies (patches with foreground maps)
     scores_patches: ClassVar[bool] = True
-    #: bytes per voxel that post-processing of a whole image holds besides the prediction
-    #: (what decides, with the prediction itself, whether an image fits ``predict.memory_gb``)
+    #: bytes per voxel post-processing of a whole image holds besides the prediction (with it:
+    #: whether an image fits ``predict.memory_gb``)
     postprocess_bytes_per_voxel: ClassVar[int] = 16
-    #: whether automatic planning (``train.plan: auto``) may choose the normalization and the
-    #: zoom and intensity augmentations; False for workflows that learn a fixed intensity map
+    #: automatic planning (``train.plan: auto``) may choose the normalization and the zoom and
+    #: intensity augmentations (False: the workflow learns a fixed intensity map)
     plans_appearance: ClassVar[bool] = True
     #: a training image too large to prepare whole is prepared block by block (the task's targets
     #: come from label regions with :meth:`target_halo`); False: always whole
@@ -71,9 +71,8 @@ class Task(GalleryHooks):
     #: per-image details beside metrics/{image}.csv, as metrics/{image}_{details_name}.csv (e.g. the
     #: scored matches that average precision ranks over the whole data set); None: no details
     details_name: ClassVar[str | None] = None
-    #: whether the workflow's outputs are objects whose size can be measured: only then are
-    #: training images brought to ``train.object_diameter`` and test images to the model's scale
-    #: (``predict.rescale``; docs/architecture.md, "object scale")
+    #: outputs are objects of a measurable size: training images are brought to ``train.object_diameter``
+    #: and test images to the model's scale (``predict.rescale``; docs/architecture.md, "object scale")
     measures_objects: ClassVar[bool] = False
     #: the per-image column of metrics.csv that ranks test images for the report (higher is better)
     main_metric: str = ""
@@ -98,14 +97,17 @@ class Task(GalleryHooks):
         """The sample-sheet column holding each image's label."""
         return "label"
 
+    def label_companions(self, label: str) -> list[str]:
+        """Files read with a label file (an instance class image): inputs of the jobs that read it."""
+        return []
+
     def demo_samples(self) -> list[Sample]:
         """The samples the demo-data rule will write, known before the files exist."""
         demo = self.cfg["data"]["demo"]
-        folder = Path(demo["folder"])
+        root = Path(demo["folder"])
         labels, suffix = self.demo_label_folder()
-        return [Sample(i, str(folder / split / "images" / f"{i}.tif"), str(folder / split / labels / f"{i}{suffix}"),
-                       split)
-                for split, names in demo_ids(demo["n_train"], demo["n_val"], demo["n_test"]).items() for i in names]
+        return [Sample(i, str(root / s / "images" / f"{i}.tif"), str(root / s / labels / f"{i}{suffix}"), s)
+                for s, names in demo_ids(demo["n_train"], demo["n_val"], demo["n_test"]).items() for i in names]
 
     def demo_label_folder(self) -> tuple[str, str]:
         """(folder, suffix) of the demo labels this workflow learns from."""
@@ -356,9 +358,8 @@ class Task(GalleryHooks):
         return path.with_name(f"{path.stem}_{self.details_name}.csv")
 
     def summarize(self, metrics: pd.DataFrame, details: Mapping[str, pd.DataFrame] | None = None) -> pd.DataFrame:
-        """Dataset-level figures from the per-image table (default: mean of numeric columns);
-        ``details`` maps each image that has details to them, for figures that rank all
-        images' objects together (average precision)."""
+        """Dataset-level figures from the per-image table (default: mean of numeric columns); ``details``
+        maps images to their details, for figures that rank all images' objects (average precision)."""
         numeric = metrics.select_dtypes("number")
         row = {"n_images": len(metrics)}
         row.update({f"mean_{c}": float(numeric[c].mean()) for c in numeric.columns})
@@ -391,10 +392,9 @@ class Task(GalleryHooks):
 
     def score_folders(self, pred_dir: str | Path, gt_dir: str | Path,
                       ndim: int | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-        """Per-image scores of a folder of outputs against a folder of ground truth, paired by
-        name, and the details (``biapipe evaluate``). Each pair is read with its own
-        dimensionality unless ``ndim`` is given. Side outputs (e.g. object scores) are found
-        where the workflow writes them: beside ``pred_dir``, as ``results/{experiment}/`` holds them."""
+        """Per-image scores of a folder of outputs against a folder of ground truth, paired by name,
+        and the details (``biapipe evaluate``). Each pair is read with its own dimensionality unless
+        ``ndim`` is given. Side outputs (object scores) are found beside ``pred_dir``, as written."""
         suffixes = IMAGE_SUFFIXES if self.output_suffix in IMAGE_SUFFIXES else (self.output_suffix,)
         preds = list_images(pred_dir, suffixes)
         gts = list_images(gt_dir, self.label_suffixes)

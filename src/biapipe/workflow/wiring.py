@@ -64,6 +64,16 @@ class Wiring:
         """A label as an input file; none when labels are values (class names)."""
         return sample.label if sample.label is not None and self.task.labels_are_files else []
 
+    def _companions(self, sample: Sample) -> list[str]:
+        """Files read with a label (a class image): inputs too, so that editing one reruns its jobs."""
+        return self.task.label_companions(sample.label) if self._label_file(sample) else []
+
+    def train_companions_of(self, wildcards: Any) -> list[str]:
+        return self._companions(self.train_samples[wildcards.image])
+
+    def companions_of(self, wildcards: Any) -> list[str]:
+        return self._companions(self.test_samples[wildcards.image])
+
     def train_image_of(self, wildcards: Any) -> str:
         return self.train_samples[wildcards.image].image
 
@@ -94,7 +104,8 @@ class Wiring:
     def batch_labels(self, wildcards: Any) -> list[str]:
         if not self.cfg["data"]["demo"]:
             return []
-        return [f for i in self.batches[wildcards.batch] for f in [self._label_file(self.test_samples[i])] if f]
+        return [f for i in self.batches[wildcards.batch] for s in [self.test_samples[i]] if self._label_file(s)
+                for f in [s.label, *self._companions(s)]]
 
     def batch_digest(self, wildcards: Any, labels: bool = False) -> str:
         """Names, sizes and modification times of a batch's images (and labels): what reruns the
@@ -104,7 +115,8 @@ class Wiring:
         parts = []
         for image_id in self.batches[wildcards.batch]:
             sample = self.test_samples[image_id]
-            files = [sample.image] + ([sample.label] if labels and sample.label and self.task.labels_are_files else [])
+            files = [sample.image] + ([sample.label, *self._companions(sample)] if labels and self._label_file(sample)
+                                      else [])
             for path in files:
                 st = os.stat(path)
                 parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")

@@ -29,10 +29,12 @@ class ClassFiles:
 
     def __init__(self, data: Mapping[str, Any]) -> None:
         self.folders: dict[str, str] = {}
+        self.demo: set[str] = set()  # folders the demo rule writes: named like the labels, maybe not there yet
         if data["demo"]:
             root = Path(data["demo"]["folder"])
             for split in ("train", "val", "test"):
                 self.folders[_norm(root / split / "labels")] = str(root / split / "classes")
+                self.demo.add(str(root / split / "classes"))
         for split in ("train", "val", "test"):
             spec = data.get(split)
             if spec and spec.get("labels") and spec.get("classes"):
@@ -47,6 +49,8 @@ class ClassFiles:
         folder = self.folder_for(label)
         if folder is None:
             return None
+        if folder in self.demo:
+            return str(Path(folder) / Path(label).name)
         if folder not in self._listings:
             self._listings[folder] = list_images(folder)
         found = self._listings[folder].get(imageio.image_id(label))
@@ -90,6 +94,10 @@ class ClassedSamples(LabelImageTask):
             raise ConfigError("data.samples", "has no class images; targets.instance.classes needs "
                                               "data.<split>.labels and data.<split>.classes folders")
         return super().sheet_label_column()
+
+    def label_companions(self, label: str) -> list[str]:
+        found = self.class_files.path_for(label) if self.n_classes else None
+        return [found] if found else []
 
     def write_demo(self) -> None:
         """The demo data, with a class image per label: the larger half of the objects (by the
