@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import tifffile
+import zarr
 from conftest import TINY_TRAIN, planned_jobs, snakemake, tiny_config, write_config
 
 from biapipe.core.imageio import read_label
@@ -102,4 +103,30 @@ def test_a_class_image_of_another_shape_stops_the_plan(tmp_path):
     proc = snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), "-n", check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and f"{bad}: class image of shape (48, 40) does not match" in out
+    assert "Traceback" not in out
+
+
+def test_a_sample_sheet_names_each_class_image(tmp_path):
+    cfg = classed_data(tmp_path / "data", seed=3, n_test=1)
+    rows = ["image,label,classes,split"]
+    for split in ("train", "val", "test"):
+        for image in sorted((tmp_path / "data" / split / "images").glob("*.tif")):
+            rows.append(f"{split}/images/{image.name},{split}/labels/{image.name},{split}/classes/{image.name},{split}")
+    sheet = tmp_path / "data" / "samples.csv"
+    sheet.write_text("\n".join(rows) + "\n")
+    cfg["data"] = {"samples": str(sheet)}
+    cfgfile = write_config(tmp_path / "c.yaml", cfg)
+    snakemake(tmp_path, cfgfile)
+    # the targets carry the sheet's class image: one-hot class channels after the two maps
+    targets = np.asarray(zarr.open_array(str(tmp_path / "results" / "inst" / "targets" / "train_000.zarr"), mode="r"))
+    classes = tifffile.imread(tmp_path / "data" / "train" / "classes" / "train_000.tif")
+    assert targets.shape == (*classes.shape, 4)  # YXC
+    for c in (1, 2):
+        assert targets[..., 1 + c][classes == c].min() == 1 and targets[..., 1 + c][classes == 3 - c].max() == 0
+    assert (tmp_path / "results" / "inst" / "objects" / "test_000.csv").is_file()
+    # a train row without its class image stops the plan, naming the sheet and the image
+    sheet.write_text("\n".join(rows).replace(",train/classes/train_001.tif,", ",,") + "\n")
+    proc = snakemake(tmp_path, cfgfile, "-n", check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"{sheet}: train image train_001.tif has no class image (column classes)" in out
     assert "Traceback" not in out

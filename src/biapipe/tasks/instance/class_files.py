@@ -6,15 +6,16 @@ read them (samples, demo, header and pixel checks): a mixin of
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from ...core import imageio
 from ...core.errors import ConfigError, InputError
-from ...data.samples import Sample, check_paired, list_images
+from ...data.samples import Dataset, Sample, check_paired, list_images
 from ...data.validate import probe
 from ..label_images import LabelImageTask
 from .classes import object_classes, read_class_image, size_classes
@@ -22,12 +23,13 @@ from .targets import prepare_labels
 
 
 class ClassFiles:
-    """Which class image belongs to a label file: the ``data.<split>.classes`` folder of the
-    split whose ``labels`` folder holds it (a demo's ``{split}/classes``), paired by name.
-    Resolved from the config alone, so every job (parse, prepare, train, post-processing)
-    finds the same file without the sample list."""
+    """Which class image belongs to a label file: the sample sheet's ``classes`` column, or the
+    ``data.<split>.classes`` folder of the split whose ``labels`` folder holds it (a demo's
+    ``{split}/classes``), paired by name. Resolved from the config alone, so every job (parse,
+    prepare, train, post-processing) finds the same file without the sample list."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
+        self.by_label = sheet_class_files(data["samples"]) if data.get("samples") and not data["demo"] else {}
         self.folders: dict[str, str] = {}
         self.demo: set[str] = set()  # folders the demo rule writes: named like the labels, maybe not there yet
         if data["demo"]:
@@ -45,7 +47,10 @@ class ClassFiles:
         return self.folders.get(_norm(Path(label).parent))
 
     def path_for(self, label: str | Path) -> str | None:
-        """The class image of ``label``; None when its split has no class folder."""
+        """The class image of ``label``; None when its split has no class folder (or its sheet row
+        no class image)."""
+        if self.by_label:
+            return self.by_label.get(_norm(label))
         folder = self.folder_for(label)
         if folder is None:
             return None
@@ -57,6 +62,31 @@ class ClassFiles:
         if found is None:
             raise InputError(label, f"has no class image of the same name in {folder}")
         return found
+
+
+def sheet_class_files(sheet: str | Path) -> dict[str, str]:
+    """Label file -> class image, from a sample sheet's ``classes`` column (paths relative to the
+    sheet, as the other columns); checked when the samples are listed (:func:`check_sheet_classes`)."""
+    if not Path(sheet).is_file():
+        return {}  # discovery says so, naming the sheet
+    rows = pd.read_csv(sheet, dtype=str, keep_default_na=False)
+    if not {"label", "classes"} <= set(rows.columns):
+        return {}
+    base = Path(sheet).parent
+    return {_norm(base / lab.strip()): str(base / cls.strip())
+            for lab, cls in zip(rows["label"], rows["classes"]) if lab.strip() and cls.strip()}
+
+
+def check_sheet_classes(sheet: str | Path, samples: Sequence[Sample], class_files: ClassFiles) -> None:
+    """Every labelled train and val row names an existing class image (test rows may omit it)."""
+    if "classes" not in pd.read_csv(sheet, dtype=str, nrows=0).columns:
+        raise InputError(sheet, "sample sheet lacks column classes (targets.instance.classes: a class image per label)")
+    for s in samples:
+        found = class_files.path_for(s.label) if s.label else None
+        if found is None and s.split != "test" and s.label:
+            raise InputError(sheet, f"{s.split} image {Path(s.image).name} has no class image (column classes)")
+        if found is not None and not os.path.exists(found):
+            raise InputError(found, f"file not found (sample sheet {sheet}, column classes)")
 
 
 def check_class_folders(split: str, spec: Mapping[str, Any], labels: Mapping[str, str]) -> None:
@@ -89,11 +119,10 @@ class ClassedSamples(LabelImageTask):
             check_class_folders(split, spec, {imageio.image_id(s.label): s.label for s in samples if s.label})
         return samples
 
-    def sheet_label_column(self) -> str:
-        if self.n_classes:
-            raise ConfigError("data.samples", "has no class images; targets.instance.classes needs "
-                                              "data.<split>.labels and data.<split>.classes folders")
-        return super().sheet_label_column()
+    def finish_dataset(self, ds: Dataset) -> None:
+        super().finish_dataset(ds)
+        if self.n_classes and self.cfg["data"]["samples"] and not self.cfg["data"]["demo"]:
+            check_sheet_classes(self.cfg["data"]["samples"], ds.all(), self.class_files)
 
     def label_companions(self, label: str) -> list[str]:
         found = self.class_files.path_for(label) if self.n_classes else None
