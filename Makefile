@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	# torch pinned: 2.13.0 is the CPU wheel available locally; other versions pull a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[test,export,slurm]"
+	# the zoo's own package checker, for the BMZ tests: bioimageio.core 0.11.0 pins
+	# bioimageio.spec 0.5.12, which fails with current pydantic; it runs with our 0.5.14 (tested)
+	$(BIN)/pip install --quiet --no-deps "bioimageio.core==0.11.0"
+	$(BIN)/pip install --quiet xarray imagecodecs
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -212,3 +212,16 @@ def test_a_foreign_package_with_other_axes_runs(tmp_path: Path) -> None:
     low, high = np.percentile(image, [2.0, 98.0])
     expected = 1 / (1 + np.exp(-(2 * (image - low) / (high - low) - 1)))
     np.testing.assert_allclose(probs[..., 0], expected, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
+def test_bioimageio_core_runs_each_package(workflow: str, tmp_path: Path) -> None:
+    """The zoo's own checker (``bioimageio.core.test_model``): each weight format loaded by
+    bioimageio.core, run on the package's test input and compared with its test output."""
+    core = pytest.importorskip("bioimageio.core", reason="optional: pip install --no-deps bioimageio.core (Makefile)")
+    checkpoint, cfg = model_file(tmp_path, workflow)
+    package = export_bmz(checkpoint, cfg, get_task(cfg), tmp_path / f"{workflow}.zip", raw_image(tmp_path)[0])
+    for weights in ("torchscript", "pytorch_state_dict"):
+        summary = core.test_model(package, weight_format=weights)
+        assert summary.status == "passed", summary.format()
