@@ -44,6 +44,16 @@ from biapipe.tasks import get_task  # noqa: E402
 from biapipe.training.loop import train_model  # noqa: E402
 
 FRACTIONS = (0.05, 0.20)
+#: How a pre-trained start is fine-tuned (train keys over the instance benchmark's): the
+#: fine-tuning benchmark's lower rate, scratch's rate, and the encoder held fixed for 2 of the 8 epochs.
+STARTS: dict[str, dict[str, Any]] = {
+    "lr 1e-3": {"optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.0001}},
+    "lr 2e-3": {},
+    "encoder fixed 2 epochs": {"fine_tune": {"freeze_encoder_epochs": 2}},
+    "encoder fixed 4 epochs": {"fine_tune": {"freeze_encoder_epochs": 4}},
+    "encoder fixed 8 epochs": {"fine_tune": {"freeze_encoder_epochs": 8}},
+    "encoder fixed 2 epochs, then at 0.1 lr": {"fine_tune": {"freeze_encoder_epochs": 2, "encoder_lr_factor": 0.1}},
+}
 
 
 def pretext_config(pretext: str, epochs: int, threads: int) -> dict[str, Any]:
@@ -70,6 +80,10 @@ def main() -> None:
     parser.add_argument("--pretrain", type=int, default=2048, help="patches of 128² of self-supervised pre-training")
     parser.add_argument("--patches", type=int, default=512, help="patches of 128² of each segmentation training")
     parser.add_argument("--pretexts", nargs="+", default=["masked", "degraded"], choices=["masked", "degraded"])
+    parser.add_argument("--starts", nargs="+", default=["lr 1e-3"], choices=sorted(STARTS),
+                        help="how each pre-trained model is fine-tuned")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds of each segmentation training")
+    parser.add_argument("--fractions", nargs="+", type=float, default=list(FRACTIONS), help="labelled fractions")
     parser.add_argument("--test", type=int, default=50, help="held-out test images")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-scratch", action="store_true", help="only the pre-trained starts (another call ran scratch)")
@@ -83,7 +97,7 @@ def main() -> None:
     epochs = max(1, args.patches // PATCHES_PER_EPOCH)
     names = sorted(image_id(p.name) for p in (SOURCE / "images").glob("*.tif"))
     test, pool = split(names, args.test)
-    subsets = {f: pool[:max(1, round(f * len(pool)))] for f in FRACTIONS}
+    subsets = {f: pool[:max(1, round(f * len(pool)))] for f in args.fractions}
     rows: list[tuple[str, int, int, float, dict[str, float]]] = []
     pretrain_min: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
@@ -102,11 +116,12 @@ def main() -> None:
             pretrain_min[pretext] = (time.perf_counter() - start) / 60
             print(f"pre-trained ({pretext}): {pretrain_min[pretext]:.1f} min", flush=True)
         for fraction, labelled in subsets.items():
-            starts = ([] if args.skip_scratch else [("scratch", {})]) + [(f"pre-trained ({p})", {"init": str(sources[p]), "optimizer": {"lr": 0.001}})
-                                          for p in args.pretexts]
-            for label, train in starts:
-                cfg = experiment(epochs, args.threads, 0, **train)
-                out = work / f"ft_{fraction}_{label.split()[-1].strip('()')}"
+            starts = [] if args.skip_scratch else [("scratch", "scratch", {})]
+            starts += [(f"pre-trained ({p}), {way}", f"{p}_{way}", {"init": str(sources[p]), **STARTS[way]})
+                       for p in args.pretexts for way in args.starts]
+            for (label, key, train), seed in ((s, seed) for s in starts for seed in args.seeds):
+                cfg = experiment(epochs, args.threads, seed, **train)
+                out = work / f"ft_{fraction}_{key}" / f"seed{seed}"
                 done = out / "result.json"  # a run of an earlier call (--workdir): kept with its score
                 if done.exists():
                     minutes, scores = json.loads(done.read_text())
@@ -117,16 +132,22 @@ def main() -> None:
                     scores = score(out / "last.pt", cfg, SOURCE, test)
                     done.write_text(json.dumps([minutes, {k: float(v) for k, v in scores.items()}]))
                 rows.append((label, len(labelled), epochs * PATCHES_PER_EPOCH, minutes, scores))
-                print(rows[-1], flush=True)
+                print(rows[-1], f"seed {seed}", flush=True)
     timing = ", ".join(f"{p} {m:.1f} min" for p, m in pretrain_min.items())
     print(f"\nDSB2018 fluo: {len(test)} held-out test images; pre-training on the other {len(pool)} without labels, "
           f"{args.pretrain} patches ({timing}); segmentation on {', '.join(f'{len(s)} ({f:.0%})' for f, s in subsets.items())} "
           f"labelled images; {args.threads} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           "no GPU\n")
-    print("| start | labelled images | patches | training min | F1@0.5 pooled | F1@0.75 pooled |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(f"Mean over seeds {', '.join(map(str, args.seeds))} (network init, patch draws, augmentation) of each start:\n")
+    print("| start | labelled images | patches | training min | F1@0.5 pooled | F1@0.75 pooled | F1@0.5 per seed |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    groups: dict[tuple[str, int, int], list[tuple[float, dict[str, float]]]] = {}
     for label, n, patches, minutes, s in rows:
-        print(f"| {label} | {n} | {patches} | {minutes:.1f} | {s['f1@0.5']:.3f} | {s['f1@0.75']:.3f} |")
+        groups.setdefault((label, n, patches), []).append((minutes, s))
+    for (label, n, patches), runs in groups.items():
+        f50, f75 = (float(np.mean([s[k] for _, s in runs])) for k in ("f1@0.5", "f1@0.75"))
+        seeds = " / ".join(f"{s['f1@0.5']:.3f}" for _, s in runs)
+        print(f"| {label} | {n} | {patches} | {np.mean([m for m, _ in runs]):.1f} | {f50:.3f} | {f75:.3f} | {seeds} |")
 
 
 if __name__ == "__main__":
