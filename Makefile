@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test,export,slurm]"
 	# the zoo's own package checker, for the BMZ tests: bioimageio.core 0.11.0 pins
 	# bioimageio.spec 0.5.12, which fails with current pydantic; it runs with our 0.5.14 (tested)
-	$(BIN)/pip install --quiet --no-deps "bioimageio.core==0.11.0"
 	$(BIN)/pip install --quiet xarray imagecodecs
+	$(BIN)/pip install --quiet --no-deps "bioimageio.core==0.11.0"
 	touch $(STAMP)
 
 install: $(STAMP)
