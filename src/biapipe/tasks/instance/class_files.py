@@ -29,7 +29,8 @@ class ClassFiles:
     prepare, train, post-processing) finds the same file without the sample list."""
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        self.by_label = sheet_class_files(data["samples"]) if data.get("samples") and not data["demo"] else {}
+        #: label file -> class image from a sample sheet's classes column; None: no such column
+        self.by_label = sheet_class_files(data["samples"]) if data.get("samples") and not data["demo"] else None
         self.folders: dict[str, str] = {}
         self.demo: set[str] = set()  # folders the demo rule writes: named like the labels, maybe not there yet
         if data["demo"]:
@@ -49,7 +50,7 @@ class ClassFiles:
     def path_for(self, label: str | Path) -> str | None:
         """The class image of ``label``; None when its split has no class folder (or its sheet row
         no class image)."""
-        if self.by_label:
+        if self.by_label is not None:
             return self.by_label.get(_norm(label))
         folder = self.folder_for(label)
         if folder is None:
@@ -64,14 +65,15 @@ class ClassFiles:
         return found
 
 
-def sheet_class_files(sheet: str | Path) -> dict[str, str]:
+def sheet_class_files(sheet: str | Path) -> dict[str, str] | None:
     """Label file -> class image, from a sample sheet's ``classes`` column (paths relative to the
-    sheet, as the other columns); checked when the samples are listed (:func:`check_sheet_classes`)."""
+    sheet, as the other columns); None without that column. Checked when the samples are listed
+    (:func:`check_sheet_classes`)."""
     if not Path(sheet).is_file():
-        return {}  # discovery says so, naming the sheet
+        return None  # discovery says so, naming the sheet
     rows = pd.read_csv(sheet, dtype=str, keep_default_na=False)
     if not {"label", "classes"} <= set(rows.columns):
-        return {}
+        return None
     base = Path(sheet).parent
     return {_norm(base / lab.strip()): str(base / cls.strip())
             for lab, cls in zip(rows["label"], rows["classes"]) if lab.strip() and cls.strip()}
@@ -79,7 +81,7 @@ def sheet_class_files(sheet: str | Path) -> dict[str, str]:
 
 def check_sheet_classes(sheet: str | Path, samples: Sequence[Sample], class_files: ClassFiles) -> None:
     """Every labelled train and val row names an existing class image (test rows may omit it)."""
-    if "classes" not in pd.read_csv(sheet, dtype=str, nrows=0).columns:
+    if class_files.by_label is None:
         raise InputError(sheet, "sample sheet lacks column classes (targets.instance.classes: a class image per label)")
     for s in samples:
         found = class_files.path_for(s.label) if s.label else None
