@@ -121,7 +121,7 @@ def main() -> None:
                        for p in args.pretexts for way in args.starts]
             for (label, key, train), seed in ((s, seed) for s in starts for seed in args.seeds):
                 cfg = experiment(epochs, args.threads, seed, **train)
-                out = work / f"ft_{fraction}_{key}" / f"seed{seed}"
+                out = work / f"ft_{fraction}_{epochs * PATCHES_PER_EPOCH}_{key}" / f"seed{seed}"
                 done = out / "result.json"  # a run of an earlier call (--workdir): kept with its score
                 if done.exists():
                     minutes, scores = json.loads(done.read_text())

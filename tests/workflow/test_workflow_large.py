@@ -193,3 +193,43 @@ def test_a_volume_over_the_memory_budget_goes_block_by_block_without_being_told(
     out = tmp_path / "results" / "auto"
     assert (out / "masks" / "big.ome.zarr").is_dir() and (out / "masks" / "test_000.tif").is_file()
     assert set(pd.read_csv(out / "metrics.csv")["image"]) == {"big", "test_000"}
+
+
+def test_instance_classes_go_block_by_block_and_equal_the_whole_image(tmp_path):
+    """With a class per object, a large image still goes block by block: its class map, object
+    classes and per-class scores equal those of the same volume predicted whole."""
+    from biapipe.tasks.instance.classes import size_classes
+
+    make_demo_data(tmp_path / "data", 3, 2, 1, 1, 48, seed=5)
+    with_copy(tmp_path / "data")
+    for label in sorted((tmp_path / "data").glob("*/labels/*.tif")):
+        (label.parent.parent / "classes").mkdir(exist_ok=True)
+        tifffile.imwrite(label.parent.parent / "classes" / label.name, size_classes(tifffile.imread(label), 120))
+    cfg = large_config(tmp_path / "data", "instance", evaluate={"iou_thresholds": [0.5]},
+                       targets={"instance": {"channels": ["foreground", "contour"], "classes": 2}},
+                       postprocess={"instance": {"min_size": 4, "seed_contour": 0.5}},
+                       train={"epochs": 80, "patches_per_epoch": 16, "batch_size": 4, "optimizer": {"lr": 0.003}})
+    for split in ("train", "val", "test"):
+        cfg["data"][split]["classes"] = str(tmp_path / "data" / split / "classes")
+    cfg["predict"]["memory_gb"] = 0.002
+    cfgfile = write_config(tmp_path / "c.yaml", cfg)
+    plan = planned_jobs(tmp_path, cfgfile)
+    assert plan["predict_block"] == BLOCKS and plan["segment_block"] > 1 and plan["postprocess_large"] == 1
+    snakemake(tmp_path, cfgfile)
+    out = tmp_path / "results" / "big"
+    big = np.asarray(zarr.open_group(str(out / "labels" / "test_000.ome.zarr"), mode="r")["0"])
+    whole = tifffile.imread(out / "labels" / "test_copy.tif")
+    big_classes, whole_classes = (tifffile.imread(out / "classes" / f"{i}.tif") for i in ("test_000", "test_copy"))
+    from biapipe.tasks.instance.metrics import matching_metrics
+
+    assert matching_metrics(big, whole, [0.5])["f1@0.5"] == 1.0
+    objects = pd.read_csv(out / "objects" / "test_000.csv")
+    assert len(objects) == len(np.unique(big)) - 1 > 1 and set(objects["class"]) <= {1, 2}
+    for obj, cls in zip(objects["label"], objects["class"]):
+        inside = big == obj
+        assert set(np.unique(big_classes[inside])) == {cls}
+        assert cls == np.bincount(whole_classes[inside]).argmax()  # the class of the same object predicted whole
+    big_row, whole_row = (pd.read_csv(out / "metrics" / f"{i}.csv").iloc[0] for i in ("test_000", "test_copy"))
+    counted = [c for c in whole_row.index if c.startswith("class")]
+    assert "class_accuracy" in counted and big_row["class_matched"] > 1
+    pd.testing.assert_series_equal(big_row[counted], whole_row[counted], check_names=False)

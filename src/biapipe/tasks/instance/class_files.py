@@ -15,11 +15,18 @@ import pandas as pd
 
 from ...core import imageio
 from ...core.errors import ConfigError, InputError
+from ...data.blocks import block_grid, choose_block_shape
+from ...data.lazy import open_lazy
 from ...data.samples import Dataset, Sample, check_paired, list_images
 from ...data.validate import probe
+from ...large.volumes import SpatialView
 from ..label_images import LabelImageTask
-from .classes import object_classes, read_class_image, size_classes
+from .classes import check_class_shape, object_classes, read_class_image, size_classes
+from .classes_large import lookup, true_class_table
 from .targets import prepare_labels
+
+#: bytes per voxel of counting a block's class votes (ids, classes and their uint64 keys)
+TABLE_BYTES = 32
 
 
 class ClassFiles:
@@ -152,6 +159,31 @@ class ClassedSamples(LabelImageTask):
             if [s for s in shape if s != 1] != [s for s in header_shape if s != 1]:
                 raise InputError(found, f"class image of shape {tuple(shape)} does not match its label image "
                                         f"{Path(label).name} of shape {tuple(header_shape)}")
+
+    def pixel_classes(self, label: np.ndarray, labels: np.ndarray, path: str | Path | None) -> np.ndarray:
+        """Each pixel's true class, for the targets of ``label`` (``labels``: as prepare_labels
+        returns it). The label image as stored: from its own objects (:meth:`true_classes`). A
+        zoomed copy or a block of a volume: by id from the table of the whole file's objects
+        (:meth:`class_table`), so a block's pixels get the class of their whole object."""
+        found = self.class_files.path_for(path) if path is not None else None
+        if found is None:
+            raise InputError(path, "has no class image (data.<split>.classes) but targets.instance.classes is set")
+        if tuple(np.shape(label)) == tuple(open_lazy(path, self.ndim).shape[:-1]):
+            return self.true_classes(label, path)[np.asarray(labels).astype(np.intp)]
+        return lookup(*self.class_table(path, found), label)
+
+    def class_table(self, label_path: str | Path, class_path: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted object ids, their classes) of a label file, both files read block by block
+        within ``train.memory_gb``; kept, since every block of a volume asks for it."""
+        tables = self.__dict__.setdefault("_class_tables", {})
+        if str(label_path) not in tables:
+            labels = SpatialView(open_lazy(label_path, self.ndim))
+            classes = SpatialView(open_lazy(class_path, self.ndim))
+            check_class_shape(classes.shape, labels.shape, class_path)
+            budget = float(self.cfg["train"]["memory_gb"]) * 2**30
+            blocks = block_grid(labels.shape, choose_block_shape(labels.shape, labels.chunks, budget, TABLE_BYTES))
+            tables[str(label_path)] = true_class_table(labels, classes, blocks, self.n_classes, class_path)
+        return tables[str(label_path)]
 
     def true_classes(self, label: np.ndarray, path: str | Path | None) -> np.ndarray | None:
         """Each object's true class (by label id) from the class image of the label file at

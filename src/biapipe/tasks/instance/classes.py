@@ -33,7 +33,7 @@ import pandas as pd
 from ...core import imageio
 from ...core.errors import InputError
 from ...core.tables import column_sum, ratio
-from .metrics import match_pairs, overlap
+from .metrics import Overlap, match_pairs, overlap
 
 #: the IoU at which per-class figures are counted
 CLASS_IOU = 0.5
@@ -62,9 +62,19 @@ class ClassedLabels:
 def read_class_image(path: str | Path, ndim: int, label_shape: Sequence[int], n_classes: int) -> np.ndarray:
     """A class image checked against its label image's shape and the number of classes."""
     classes = imageio.read_label(path, ndim)
-    if tuple(classes.shape) != tuple(label_shape):
-        raise InputError(path, f"class image of shape {tuple(classes.shape)} does not match its label image of "
+    check_class_shape(classes.shape, label_shape, path)
+    return check_class_values(classes, n_classes, path)
+
+
+def check_class_shape(shape: Sequence[int], label_shape: Sequence[int], path: str | Path) -> None:
+    if tuple(shape) != tuple(label_shape):
+        raise InputError(path, f"class image of shape {tuple(shape)} does not match its label image of "
                                f"shape {tuple(label_shape)}")
+
+
+def check_class_values(classes: np.ndarray, n_classes: int, path: str | Path) -> np.ndarray:
+    """``classes`` (all of a class image or a block of it), or an error naming ``path`` when a
+    value is not a class."""
     top = int(classes.max(initial=0))
     if top > n_classes or (classes.size and int(classes.min()) < 0):
         raise InputError(path, f"class image holds value {top if top > n_classes else int(classes.min())}; "
@@ -83,12 +93,16 @@ def object_classes(labels: np.ndarray, classes: np.ndarray, n_classes: int,
                          minlength=(top + 1) * n_classes).reshape(top + 1, n_classes)
     present = np.bincount(labels.ravel(), minlength=top + 1) > 0
     present[0] = False
-    unclassed = np.flatnonzero(present & (counts.sum(axis=1) == 0))
+    check_classed(np.flatnonzero(present & (counts.sum(axis=1) == 0)), n_classes, path)
+    out = np.where(present, counts.argmax(axis=1) + 1, 0)
+    return out.astype(np.int64)
+
+
+def check_classed(unclassed: np.ndarray, n_classes: int, path: str | Path | None) -> None:
+    """Stop, naming the class image, when some objects (``unclassed``: their ids) have no class pixel."""
     if unclassed.size:
         raise InputError(path, f"object {int(unclassed[0])} of its label image has no class pixel "
                                f"({unclassed.size} such object(s)); give every object a class 1..{n_classes}")
-    out = np.where(present, counts.argmax(axis=1) + 1, 0)
-    return out.astype(np.int64)
 
 
 def class_targets(labels: np.ndarray, by_id: np.ndarray, n_classes: int) -> np.ndarray:
@@ -96,8 +110,12 @@ def class_targets(labels: np.ndarray, by_id: np.ndarray, n_classes: int) -> np.n
     labels = np.asarray(labels).astype(np.intp, copy=False)
     if labels.size and int(labels.max()) >= len(by_id):
         raise ValueError("labels hold ids the class table does not know")
-    cls = by_id[labels]
-    return (cls[..., np.newaxis] == np.arange(1, n_classes + 1)).astype(np.float32)
+    return one_hot(by_id[labels], n_classes)
+
+
+def one_hot(pixel_classes: np.ndarray, n_classes: int) -> np.ndarray:
+    """(Z)YX classes 0..N -> float32 (Z)YXN, 0 everywhere for class 0."""
+    return (pixel_classes[..., np.newaxis] == np.arange(1, n_classes + 1)).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- prediction
@@ -134,9 +152,15 @@ def class_matching(pred: np.ndarray, pred_classes: np.ndarray, gt: np.ndarray, g
     """Per-class TP, FP, FN and F1 at IoU 0.5 (module docstring), ``class_matched`` (pairs
     matched at 0.5) and ``class_accuracy`` (share of them with the true class)."""
     ov = overlap(gt, pred)
+    return class_matching_overlap(ov, pred_classes[ov.pred_ids.astype(np.intp)],
+                                  gt_classes[ov.gt_ids.astype(np.intp)], n_classes)
+
+
+def class_matching_overlap(ov: Overlap, pred_cls: np.ndarray, true_cls: np.ndarray,
+                           n_classes: int) -> dict[str, float]:
+    """:func:`class_matching` from an overlap table, with the class of each of its predicted and
+    true objects (in the order of ``ov.pred_ids`` and ``ov.gt_ids``): the block-wise path's entry."""
     gi, pj, _ = match_pairs(ov, CLASS_IOU)
-    true_cls = gt_classes[ov.gt_ids.astype(np.intp)]
-    pred_cls = pred_classes[ov.pred_ids.astype(np.intp)]
     agree = true_cls[gi] == pred_cls[pj]
     out: dict[str, float] = {"class_matched": int(gi.size), "class_accuracy": ratio(int(agree.sum()), int(gi.size))}
     for c in range(1, n_classes + 1):

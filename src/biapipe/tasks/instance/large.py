@@ -63,7 +63,8 @@ def instance_block(pred: Any, raw: Any, block: Block, halo: Sequence[int], strid
     needs: id sizes in the core, ids on the YX border and the labels of the seam strips."""
     shape = tuple(raw.shape)
     grown = block.grown(halo, shape)
-    labels = instance_postprocess(np.asarray(pred[grown]), channels, block_params(params), voxel_size)
+    maps = np.asarray(pred[grown])[..., :len(channels)]  # class channels (if any) are voted on after the merge
+    labels = instance_postprocess(maps, channels, block_params(params), voxel_size)
     offset = np.uint64(block.index * stride)
     ids = np.where(labels > 0, labels.astype(np.uint64) + offset, np.uint64(0))
     core = ids[core_of(block, grown)]
@@ -178,31 +179,33 @@ class OverlapAccumulator:
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> None:
         gt, pred = np.asarray(gt).astype(np.uint64), np.asarray(pred).astype(np.uint64)
-        self.gt.append(_counts(gt[gt > 0]))
-        self.pred.append(_counts(pred[pred > 0]))
+        self.gt.append(value_counts(gt[gt > 0]))
+        self.pred.append(value_counts(pred[pred > 0]))
         both = (gt > 0) & (pred > 0)
-        self.pairs.append(_counts((gt[both] << np.uint64(32)) | pred[both]))
+        self.pairs.append(value_counts((gt[both] << np.uint64(32)) | pred[both]))
         self.rows += sum(p.shape[1] for p in (self.gt[-1], self.pred[-1], self.pairs[-1]))
         if self.rows > REDUCE_ROWS:
-            self.gt, self.pred, self.pairs = [_reduce(self.gt)], [_reduce(self.pred)], [_reduce(self.pairs)]
+            self.gt, self.pred, self.pairs = [reduce_counts(self.gt)], [reduce_counts(self.pred)], [reduce_counts(self.pairs)]
             self.rows = sum(p.shape[1] for p in (*self.gt, *self.pred, *self.pairs))
 
     def result(self) -> Overlap:
-        gt_ids, gt_areas = _reduce(self.gt)
-        pred_ids, pred_areas = _reduce(self.pred)
-        keys, inter = _reduce(self.pairs)
+        gt_ids, gt_areas = reduce_counts(self.gt)
+        pred_ids, pred_areas = reduce_counts(self.pred)
+        keys, inter = reduce_counts(self.pairs)
         g, p = keys >> np.uint64(32), keys & np.uint64(0xFFFFFFFF)
         return Overlap(gt_ids, pred_ids, gt_areas.astype(np.int64), pred_areas.astype(np.int64),
                        np.searchsorted(gt_ids, g).astype(np.int64), np.searchsorted(pred_ids, p).astype(np.int64),
                        inter.astype(np.int64))
 
 
-def _counts(values: np.ndarray) -> np.ndarray:
+def value_counts(values: np.ndarray) -> np.ndarray:
+    """2×K table of the distinct values (uint64) and how often each occurs."""
     ids, n = np.unique(values, return_counts=True)
     return np.stack([ids, n.astype(np.uint64)])
 
 
-def _reduce(parts: Sequence[np.ndarray]) -> np.ndarray:
+def reduce_counts(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The tables of :func:`value_counts` summed into one (a value's counts add up)."""
     table = np.concatenate([np.zeros((2, 0), np.uint64), *parts], axis=1)
     ids, inverse = np.unique(table[0], return_inverse=True)
     sums = np.bincount(inverse, weights=table[1].astype(np.float64)).astype(np.uint64)

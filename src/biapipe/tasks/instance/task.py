@@ -28,11 +28,21 @@ if TYPE_CHECKING:  # torch is imported where used: parsing the workflow must not
 from ...core import imageio
 from ...core.errors import ConfigError, InputError
 from ...data.blocks import Block
+from ...data.lazy import open_lazy
 from ...data.scale import median_diameter, object_stats
 from ...large.plan import halo
-from ...large.volumes import open_raw
+from ...large.volumes import SpatialView, open_raw, scoring_pair
 from .class_files import ClassedSamples, ClassFiles
-from .classes import ClassedLabels, class_matching, class_targets, classes_from_map, summarize_classes, vote
+from .classes import (
+    ClassedLabels,
+    check_class_shape,
+    class_matching,
+    classes_from_map,
+    one_hot,
+    summarize_classes,
+    vote,
+)
+from .classes_large import classed_metrics_blocks, lookup, vote_blocks, write_class_volume
 from .large import (
     create_raw_labels,
     instance_metrics_blocks,
@@ -95,24 +105,19 @@ class InstanceTask(ClassedSamples):
         if self.n_classes:  # tasks/instance/classes.py
             self.class_files = ClassFiles(cfg["data"])
             self.side_outputs = {**self.side_outputs, "classes": "classes/{image}.tif"}
-            self.large_output_suffix = None  # images are predicted whole
-            self.prepares_by_block = False
 
     # ------------------------------------------------------------------ training side
     def out_channels(self) -> int:
         return len(self.channels) + (self.n_classes or 0)
 
     def make_targets(self, label: np.ndarray, path: str | Path | None = None) -> np.ndarray:
-        """The channel maps, and with classes the one-hot class channels; ``label`` may be zoomed
-        (prepare), so the classes are read against the label file itself."""
+        """The channel maps, and with classes the one-hot class channels (``label`` may be zoomed
+        or a block of the label file: :meth:`pixel_classes`)."""
         labels = prepare_labels(label, path)
         maps = instance_targets(labels, self.spec)
         if not self.n_classes:
             return maps
-        by_id = self.true_classes(imageio.read_label(path, self.ndim), path) if path is not None else None
-        if by_id is None:
-            raise InputError(path, "has no class image (data.<split>.classes) but targets.instance.classes is set")
-        return np.concatenate([maps, class_targets(labels, by_id, self.n_classes)], axis=-1)
+        return np.concatenate([maps, one_hot(self.pixel_classes(label, labels, path), self.n_classes)], axis=-1)
 
     def target_halo(self) -> tuple[int, ...]:
         """Distance maps and contours need whole objects: the context block-wise post-processing uses."""
@@ -213,7 +218,7 @@ class InstanceTask(ClassedSamples):
         labels = imageio.read_label(path, self.ndim)
         if not self.n_classes:
             return labels
-        found = Path(path).parent.parent / "classes" / Path(path).name
+        found = class_map_path(path)
         if not found.is_file():
             raise InputError(found, "class map of a classed instance output not found")
         return ClassedLabels(labels, classes_from_map(labels, imageio.read_label(found, self.ndim)))
@@ -329,7 +334,24 @@ class InstanceTask(ClassedSamples):
                                  image_path: str | None, prediction: Any = None) -> None:
         image = open_raw(image_path, self.ndim, self.cfg["data"]["axes"], self.cfg["predict"]) if image_path else None
         score = (lambda region: self.score_map(prediction[region])) if prediction is not None else None
-        imageio.write_csv(side["objects"], object_table_blocks(labels, blocks, n, image, self.voxel_size, score))
+        table = object_table_blocks(labels, blocks, n, image, self.voxel_size, score)
+        if self.n_classes and prediction is not None:
+            votes = vote_blocks(labels, prediction, blocks, len(self.channels), self.n_classes)
+            table.insert(1, "class", lookup(*votes, table["label"].to_numpy()))
+            write_class_volume(side["classes"], labels, blocks, votes, self.voxel_size)
+        imageio.write_csv(side["objects"], table)
+
+    def evaluate_large(self, output_path: str | Path, label_path: str | Path) -> dict[str, float]:
+        """With classes and a class image, the per-class figures too, read from the class map
+        post-processing wrote (:func:`.classes_large.classed_metrics_blocks`)."""
+        found = self.class_files.path_for(label_path) if self.n_classes else None
+        if found is None:
+            return super().evaluate_large(output_path, label_path)
+        pred, gt, blocks = scoring_pair(output_path, label_path, self.ndim, self.cfg["predict"])
+        truth = SpatialView(open_lazy(found, self.ndim))
+        check_class_shape(truth.shape, gt.shape, found)
+        predicted = SpatialView(open_lazy(class_map_path(output_path), self.ndim))
+        return classed_metrics_blocks(pred, gt, predicted, truth, blocks, self.iou_thresholds, self.n_classes, found)
 
     def score_blocks(self, pred: Any, gt: Any, blocks: list[Block], label_path: str | Path) -> dict[str, float]:
         return instance_metrics_blocks(pred, gt, blocks, self.iou_thresholds,
@@ -342,6 +364,12 @@ class InstanceTask(ClassedSamples):
 
     def output_channel_names(self) -> list[str]:
         return list(self.channels) + [f"class_{c}" for c in range(1, (self.n_classes or 0) + 1)]
+
+
+def class_map_path(output: str | Path) -> Path:
+    """Where post-processing writes the class map of an instance output: ``classes/`` beside
+    its labels folder, as a TIFF (a BigTIFF for a block-wise volume)."""
+    return Path(output).parent.parent / "classes" / f"{imageio.image_id(output)}.tif"
 
 
 def _loss_kinds(channels: Sequence[str], kinds: Sequence[str] | None) -> list[str]:
