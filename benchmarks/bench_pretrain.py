@@ -41,6 +41,7 @@ from bench_finetune import PATCHES_PER_EPOCH, SOURCE, experiment, prepare, score
 from biapipe.core.config import validate_config  # noqa: E402
 from biapipe.core.imageio import image_id  # noqa: E402
 from biapipe.tasks import get_task  # noqa: E402
+from biapipe.training.init import Freeze  # noqa: E402
 from biapipe.training.loop import train_model  # noqa: E402
 
 FRACTIONS = (0.05, 0.20)
@@ -53,7 +54,11 @@ STARTS: dict[str, dict[str, Any]] = {
     "encoder fixed 4 epochs": {"fine_tune": {"freeze_encoder_epochs": 4}},
     "encoder fixed 8 epochs": {"fine_tune": {"freeze_encoder_epochs": 8}},
     "encoder fixed 2 epochs, then at 0.1 lr": {"fine_tune": {"freeze_encoder_epochs": 2, "encoder_lr_factor": 0.1}},
+    "encoder fixed 8 epochs, batch-norm statistics adapt": {"fine_tune": {"freeze_encoder_epochs": 8}},
 }
+#: starts whose fixed encoder keeps its batch-norm layers in training mode (their statistics
+#: follow the labelled images, not the corrupted pre-training inputs)
+ADAPT_BN = {"encoder fixed 8 epochs, batch-norm statistics adapt"}
 
 
 def pretext_config(pretext: str, epochs: int, threads: int) -> dict[str, Any]:
@@ -127,7 +132,13 @@ def main() -> None:
                     minutes, scores = json.loads(done.read_text())
                 else:
                     start = time.perf_counter()
-                    train_model(cfg, get_task(cfg), [pairs[n] for n in labelled], [], out)
+                    hold = Freeze.hold
+                    if any(key.endswith(way) for way in ADAPT_BN):
+                        Freeze.hold = lambda self, epochs_done: None  # type: ignore[method-assign]
+                    try:
+                        train_model(cfg, get_task(cfg), [pairs[n] for n in labelled], [], out)
+                    finally:
+                        Freeze.hold = hold  # type: ignore[method-assign]
                     minutes = (time.perf_counter() - start) / 60
                     scores = score(out / "last.pt", cfg, SOURCE, test)
                     done.write_text(json.dumps([minutes, {k: float(v) for k, v in scores.items()}]))

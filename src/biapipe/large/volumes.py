@@ -78,13 +78,13 @@ class SpatialView:
         return self.image[tuple(key) + (slice(None),)][..., 0]
 
 
-def scoring_pair(output_path: str | Path, label_path: str | Path, ndim: int,
-                 pcfg: dict[str, Any]) -> tuple[SpatialView, SpatialView, list[Block]]:
+def scoring_pair(output_path: str | Path, label_path: str | Path, ndim: int, pcfg: dict[str, Any],
+                 bytes_per_voxel: int = 8) -> tuple[SpatialView, SpatialView, list[Block]]:
     """A block-wise output and its ground truth (which may exceed memory too), with the blocks
-    to count them by: int64 prediction, ground truth, their mapped copies and pair keys per voxel."""
+    to count them by (``bytes_per_voxel``: what scoring holds per voxel of a block)."""
     pred = SpatialView(open_lazy(output_path, ndim))
     gt = SpatialView(open_lazy(label_path, ndim))
-    blocks = block_grid(pred.shape, choose_block_shape(pred.shape, pred.chunks, memory_bytes(pcfg), 8))
+    blocks = block_grid(pred.shape, choose_block_shape(pred.shape, pred.chunks, memory_bytes(pcfg), bytes_per_voxel))
     return pred, gt, blocks
 
 

@@ -17,7 +17,9 @@ from biapipe.core.errors import InputError
 from biapipe.large.plan import postprocess_plan
 from biapipe.tasks import get_task
 from biapipe.tasks.instance.classes import object_classes
-from biapipe.tasks.instance.classes_large import ClassVotes, lookup
+from biapipe.tasks.instance import class_files
+from biapipe.tasks.instance.class_files import TABLE_BYTES
+from biapipe.tasks.instance.classes_large import ClassVotes, lookup, true_class_table
 from biapipe.tasks.instance.metrics import matching_metrics
 
 from .test_large_volumes import SHAPE, ellipsoids
@@ -46,15 +48,35 @@ def cut_objects_whose_right_part_disagrees(lab: np.ndarray, cls: np.ndarray) -> 
     return [i for i in range(1, len(right)) if right[i] and whole[i] != right[i]]
 
 
-def classed_task(tmp_path, lab: np.ndarray, cls: np.ndarray, **predict):
+def classed_task(tmp_path, lab: np.ndarray, cls: np.ndarray, test_classes: bool = True, **predict):
+    """An instance task with 2 classes whose class tables are read in blocks of 4 planes."""
     for kind, data in (("labels", lab), ("classes", cls)):
-        (tmp_path / kind).mkdir()
+        (tmp_path / kind).mkdir(exist_ok=True)
         tifffile.imwrite(tmp_path / kind / "lab.tif", data)
     split = {"images": str(tmp_path), "labels": str(tmp_path / "labels"), "classes": str(tmp_path / "classes")}
-    cfg = validate_config({"experiment": "t", "workflow": "instance", "ndim": 3, "data": {"train": split, "test": split},
+    test = split
+    if not test_classes:  # a test split of its own, without class images
+        (tmp_path / "bare").mkdir(exist_ok=True)
+        tifffile.imwrite(tmp_path / "bare" / "lab.tif", lab)
+        test = {"images": str(tmp_path), "labels": str(tmp_path / "bare")}
+    cfg = validate_config({"experiment": "t", "workflow": "instance", "ndim": 3, "data": {"train": split, "test": test},
                            "targets": {"instance": {"channels": ["foreground", "contour"], "classes": 2}},
-                           "postprocess": {"instance": {"min_size": 4}}, "predict": predict})
-    return get_task(cfg), str(tmp_path / "labels" / "lab.tif")
+                           "postprocess": {"instance": {"min_size": 4}}, "predict": predict,
+                           "train": {"memory_gb": 4 * 80 * 80 * TABLE_BYTES / 2**30}})
+    return get_task(cfg), str(tmp_path / ("labels" if test_classes else "bare") / "lab.tif")
+
+
+@pytest.fixture
+def table_blocks(monkeypatch):
+    """How many blocks each class table was counted over."""
+    seen: list[int] = []
+
+    def spy(labels, classes, blocks, *args):
+        seen.append(len(blocks))
+        return true_class_table(labels, classes, blocks, *args)
+
+    monkeypatch.setattr(class_files, "true_class_table", spy)
+    return seen
 
 
 def test_votes_add_over_blocks_and_keep_sparse_ids():
@@ -67,7 +89,7 @@ def test_votes_add_over_blocks_and_keep_sparse_ids():
     assert lookup(ids, classes, np.array([[0, 7], [2**40, 9]])).tolist() == [[0, 2], [1, 0]]
 
 
-def test_block_targets_take_the_class_of_the_whole_object(tmp_path):
+def test_block_targets_take_the_class_of_the_whole_object(tmp_path, table_blocks):
     image, lab = write_inputs(tmp_path)
     cls, _ = class_image(lab)
     assert len(cut_objects_whose_right_part_disagrees(lab, cls)) >= 2  # a per-block vote would get these wrong
@@ -77,14 +99,21 @@ def test_block_targets_take_the_class_of_the_whole_object(tmp_path):
     truth = object_classes(lab, cls, 2)[lab]
     np.testing.assert_array_equal(whole[..., 2:].argmax(-1)[lab > 0] + 1, truth[lab > 0])
     np.testing.assert_array_equal(blocks, whole)
+    assert table_blocks and min(table_blocks) >= 6  # the table itself was counted block by block
 
 
-def test_a_class_value_out_of_range_in_a_block_names_the_class_image(tmp_path):
-    image, lab = write_inputs(tmp_path)
+def test_bad_values_in_a_later_block_name_the_file(tmp_path, table_blocks):
+    _, lab = write_inputs(tmp_path)
     cls, _ = class_image(lab)
     cls[-1, -1, -1] = 5
     task, label = classed_task(tmp_path, lab, cls)
     with pytest.raises(InputError, match=r"classes/lab\.tif.*value 5"):
+        task.class_table(label, str(tmp_path / "classes" / "lab.tif"))
+    assert table_blocks[0] > 1  # the bad value sits in the last of several blocks
+    cls, _ = class_image(lab)
+    cls[lab == lab[-1].max()] = 0  # an object of the last planes loses its class pixels
+    task, label = classed_task(tmp_path, lab, cls)
+    with pytest.raises(InputError, match=r"classes/lab\.tif.*no class pixel"):
         task.class_table(label, str(tmp_path / "classes" / "lab.tif"))
 
 
@@ -99,6 +128,7 @@ def prediction(lab: np.ndarray, cls: np.ndarray) -> np.ndarray:
 def test_large_classes_equal_the_whole_volume(tmp_path):
     lab = ellipsoids(seed=3)
     truth, _ = class_image(lab)
+    assert len(cut_objects_whose_right_part_disagrees(lab, truth)) >= 2  # a per-block vote would get these wrong
     pred = prediction(lab, truth)
     # the prediction's class vote of some objects differs from their true class: class scores mean something
     wrong = np.isin(lab, [3, 8, 13])
@@ -128,5 +158,8 @@ def test_large_classes_equal_the_whole_volume(tmp_path):
     counted = [k for k in expected if k.startswith(("class", "tp@", "fp@", "fn@", "f1@", "n_"))]
     assert len(counted) > 20 and {k: scores[k] for k in counted} == {k: expected[k] for k in counted}
     assert scores["mean_iou@0.5"] == pytest.approx(expected["mean_iou@0.5"], abs=1e-3)  # seams move a few pixels
+    untyped, bare = classed_task(tmp_path, lab, truth, test_classes=False, memory_gb=0.0005, halo=6)
+    plain = untyped.evaluate_large(out / "labels" / "lab.ome.zarr", bare)  # a test split without class images
+    assert not [k for k in plain if k.startswith("class")] and plain["f1@0.5"] == expected["f1@0.5"]
     matched = expected["class_matched"]  # of 40 true objects; the 3 flipped ones have the wrong class
     assert matched >= 38 and expected["class_accuracy"] == pytest.approx((matched - 3) / matched)

@@ -26,7 +26,7 @@ from .classes_large import lookup, true_class_table
 from .targets import prepare_labels
 
 #: bytes per voxel of counting a block's class votes (ids, classes and their uint64 keys)
-TABLE_BYTES = 32
+TABLE_BYTES = 64
 
 
 class ClassFiles:
@@ -164,7 +164,9 @@ class ClassedSamples(LabelImageTask):
         """Each pixel's true class, for the targets of ``label`` (``labels``: as prepare_labels
         returns it). The label image as stored: from its own objects (:meth:`true_classes`). A
         zoomed copy or a block of a volume: by id from the table of the whole file's objects
-        (:meth:`class_table`), so a block's pixels get the class of their whole object."""
+        (:meth:`class_table`), so a block's pixels get the class of their whole object. (A 0/1
+        mask relabelled into components gets one class per component whole, one for all of
+        them by block: such a "label" is already warned about.)"""
         found = self.class_files.path_for(path) if path is not None else None
         if found is None:
             raise InputError(path, "has no class image (data.<split>.classes) but targets.instance.classes is set")
@@ -182,7 +184,7 @@ class ClassedSamples(LabelImageTask):
             check_class_shape(classes.shape, labels.shape, class_path)
             budget = float(self.cfg["train"]["memory_gb"]) * 2**30
             blocks = block_grid(labels.shape, choose_block_shape(labels.shape, labels.chunks, budget, TABLE_BYTES))
-            tables[str(label_path)] = true_class_table(labels, classes, blocks, self.n_classes, class_path)
+            tables[str(label_path)] = true_class_table(labels, classes, blocks, self.n_classes, label_path, class_path)
         return tables[str(label_path)]
 
     def true_classes(self, label: np.ndarray, path: str | Path | None) -> np.ndarray | None:

@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ...core import imageio
+from ...core.errors import InputError
 from ...data.blocks import Block
 from ...large.volumes import label_volume
 from .classes import check_class_values, check_classed, class_matching_overlap
-from .large import REDUCE_ROWS, OverlapAccumulator, reduce_counts, value_counts
+from .large import REDUCE_ROWS, OverlapAccumulator, check_shapes, reduce_counts, value_counts
 from .metrics import matching_from_overlap
 
 
@@ -67,16 +69,29 @@ def lookup(ids: np.ndarray, classes: np.ndarray, labels: np.ndarray) -> np.ndarr
 
 
 def true_class_table(labels: Any, classes: Any, blocks: Sequence[Block], n_classes: int,
-                     class_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+                     label_path: str | Path, class_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Each true object's class (sorted ids, classes) from a label volume and its class image,
-    both read block by block; a value that is no class, or an object without a class pixel,
-    stops naming ``class_path`` (as :func:`.classes.object_classes` does for a whole image)."""
+    both read block by block; a value that is no label or no class, or an object without a
+    class pixel, stops naming the file (as :func:`.classes.object_classes` does for a whole image)."""
     votes = ClassVotes(n_classes)
     for block in blocks:
-        votes.add(labels[block.slices], check_class_values(np.asarray(classes[block.slices]), n_classes, class_path))
+        votes.add(_labels(labels[block.slices], label_path), _classes(classes[block.slices], n_classes, class_path))
     ids, found = votes.majority()
     check_classed(ids[found == 0], n_classes, class_path)
     return ids, found
+
+
+def _labels(block: Any, path: str | Path) -> np.ndarray:
+    """A block of a label file as non-negative integer ids, or an error naming it."""
+    ids = imageio.label_values(np.asarray(block), path)
+    if ids.size and ids.dtype.kind == "i" and int(ids.min()) < 0:
+        raise InputError(path, f"label image has negative values (min {int(ids.min())})")
+    return ids
+
+
+def _classes(block: Any, n_classes: int, path: str | Path) -> np.ndarray:
+    """A block of a class image (or class map) checked like a whole one."""
+    return check_class_values(imageio.label_values(np.asarray(block), path), n_classes, path)
 
 
 def vote_blocks(labels: Any, prediction: Any, blocks: Sequence[Block], first: int,
@@ -100,17 +115,22 @@ def write_class_volume(path: str | Path, labels: Any, blocks: Sequence[Block], t
 
 
 def classed_metrics_blocks(pred: Any, gt: Any, pred_classes: Any, true_classes: Any, blocks: Sequence[Block],
-                           thresholds: Sequence[float], n_classes: int, class_path: str | Path) -> dict[str, float]:
+                           thresholds: Sequence[float], n_classes: int,
+                           paths: tuple[str | Path, str | Path, str | Path]) -> dict[str, float]:
     """Matching figures and per-class figures of a block-wise output in one pass over the blocks:
     the figures :meth:`InstanceTask.evaluate` gives a whole image. ``pred_classes`` is the
-    output's class map, ``true_classes`` the class image (at ``class_path``) of ``gt``."""
+    output's class map, ``true_classes`` the class image of ``gt``; ``paths`` = (ground truth,
+    class map, class image), named by errors."""
+    check_shapes(pred, gt)
+    label_path, map_path, class_path = paths
     overlap = OverlapAccumulator()
     predicted, truth = ClassVotes(n_classes), ClassVotes(n_classes)
     for block in blocks:
-        p, g = np.asarray(pred[block.slices]), np.asarray(gt[block.slices]).astype(np.uint32, copy=False)
+        p = np.asarray(pred[block.slices])
+        g = _labels(gt[block.slices], label_path).astype(np.uint32, copy=False)
         overlap.add(g, p)
-        predicted.add(p, pred_classes[block.slices])
-        truth.add(g, check_class_values(np.asarray(true_classes[block.slices]), n_classes, class_path))
+        predicted.add(p, _classes(pred_classes[block.slices], n_classes, map_path))
+        truth.add(g, _classes(true_classes[block.slices], n_classes, class_path))
     ov = overlap.result()
     gt_ids, gt_cls = truth.majority()
     check_classed(gt_ids[gt_cls == 0], n_classes, class_path)

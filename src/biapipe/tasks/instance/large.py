@@ -162,7 +162,8 @@ def instance_merge(raw: Any, out: Any, blocks: Sequence[Block], records: dict[in
 # --------------------------------------------------------------------------- scores
 
 
-def _check_shapes(pred: Any, gt: Any) -> None:
+def check_shapes(pred: Any, gt: Any) -> None:
+    """A block-wise output and its ground truth cover the same grid (else blocks would crop one)."""
     if tuple(pred.shape) != tuple(gt.shape):
         raise InputError(None, f"prediction of shape {tuple(pred.shape)} does not match ground truth of shape "
                                f"{tuple(gt.shape)}")
@@ -217,7 +218,7 @@ def instance_metrics_blocks(pred: Any, gt: Any, blocks: Sequence[Block],
                             gt_map: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, float]:
     """The figures of :func:`biapipe.tasks.instance.metrics.matching_metrics`, accumulated block by block
     (ids must be below 2**32, which uint32 label images guarantee)."""
-    _check_shapes(pred, gt)
+    check_shapes(pred, gt)
     acc = OverlapAccumulator()
     for block in blocks:
         g = np.asarray(gt[block.slices])

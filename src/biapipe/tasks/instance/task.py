@@ -218,7 +218,7 @@ class InstanceTask(ClassedSamples):
         labels = imageio.read_label(path, self.ndim)
         if not self.n_classes:
             return labels
-        found = class_map_path(path)
+        found = Path(path).parent.parent / "classes" / Path(path).name
         if not found.is_file():
             raise InputError(found, "class map of a classed instance output not found")
         return ClassedLabels(labels, classes_from_map(labels, imageio.read_label(found, self.ndim)))
@@ -347,11 +347,13 @@ class InstanceTask(ClassedSamples):
         found = self.class_files.path_for(label_path) if self.n_classes else None
         if found is None:
             return super().evaluate_large(output_path, label_path)
-        pred, gt, blocks = scoring_pair(output_path, label_path, self.ndim, self.cfg["predict"])
+        pred, gt, blocks = scoring_pair(output_path, label_path, self.ndim, self.cfg["predict"], CLASSED_SCORE_BYTES)
         truth = SpatialView(open_lazy(found, self.ndim))
         check_class_shape(truth.shape, gt.shape, found)
-        predicted = SpatialView(open_lazy(class_map_path(output_path), self.ndim))
-        return classed_metrics_blocks(pred, gt, predicted, truth, blocks, self.iou_thresholds, self.n_classes, found)
+        class_map = class_map_path(output_path)
+        predicted = SpatialView(open_lazy(class_map, self.ndim))
+        return classed_metrics_blocks(pred, gt, predicted, truth, blocks, self.iou_thresholds, self.n_classes,
+                                      (label_path, class_map, found))
 
     def score_blocks(self, pred: Any, gt: Any, blocks: list[Block], label_path: str | Path) -> dict[str, float]:
         return instance_metrics_blocks(pred, gt, blocks, self.iou_thresholds,
@@ -366,9 +368,13 @@ class InstanceTask(ClassedSamples):
         return list(self.channels) + [f"class_{c}" for c in range(1, (self.n_classes or 0) + 1)]
 
 
+#: bytes per voxel of scoring a block with classes: labels, class images and their uint64 vote keys
+CLASSED_SCORE_BYTES = 64
+
+
 def class_map_path(output: str | Path) -> Path:
-    """Where post-processing writes the class map of an instance output: ``classes/`` beside
-    its labels folder, as a TIFF (a BigTIFF for a block-wise volume)."""
+    """Where post-processing writes the class map of a block-wise instance output:
+    ``classes/{image}.tif`` beside its labels folder (a BigTIFF)."""
     return Path(output).parent.parent / "classes" / f"{imageio.image_id(output)}.tif"
 
 
