@@ -104,13 +104,23 @@ def test_a_killed_block_reruns_alone(semantic_run, tmp_path):
     assert plan == {"predict_block": 1, "postprocess_large": 1, "aggregate": 1, "report": 1, "all": 1}
 
 
-def test_instance_labels_merge_across_block_jobs(tmp_path):
+def instance_block_run(tmp_path, classes: int | None = None) -> tuple:
+    """A trained instance model on demo volumes, test_000 predicted and segmented by block jobs,
+    test_copy (the same volume) whole; returns (results folder, block labels, whole labels)."""
     make_demo_data(tmp_path / "data", 3, 2, 1, 1, 48, seed=5)
     with_copy(tmp_path / "data")
     cfg = large_config(tmp_path / "data", "instance", evaluate={"iou_thresholds": [0.5]},
-                       targets={"instance": {"channels": ["foreground", "contour"]}},
+                       targets={"instance": {"channels": ["foreground", "contour"], "classes": classes}},
                        postprocess={"instance": {"min_size": 4, "seed_contour": 0.5}},
                        train={"epochs": 80, "patches_per_epoch": 16, "batch_size": 4, "optimizer": {"lr": 0.003}})
+    if classes:
+        from biapipe.tasks.instance.classes import size_classes
+
+        for label in sorted((tmp_path / "data").glob("*/labels/*.tif")):
+            (label.parent.parent / "classes").mkdir(exist_ok=True)
+            tifffile.imwrite(label.parent.parent / "classes" / label.name, size_classes(tifffile.imread(label), 120))
+        for split in ("train", "val", "test"):
+            cfg["data"][split]["classes"] = str(tmp_path / "data" / split / "classes")
     cfg["predict"]["memory_gb"] = 0.002  # segmentation blocks of one or two chunks
     cfgfile = write_config(tmp_path / "c.yaml", cfg)
     plan = planned_jobs(tmp_path, cfgfile)
@@ -123,6 +133,11 @@ def test_instance_labels_merge_across_block_jobs(tmp_path):
 
     assert whole.max() > 1
     assert matching_metrics(big, whole, [0.5])["f1@0.5"] == 1.0
+    return out, big, whole
+
+
+def test_instance_labels_merge_across_block_jobs(tmp_path):
+    out, big, _ = instance_block_run(tmp_path)
     objects = pd.read_csv(out / "objects" / "test_000.csv")
     assert len(objects) == len(np.unique(big)) - 1
     assert sorted(objects["volume"]) == sorted(np.bincount(big.ravel())[1:][np.bincount(big.ravel())[1:] > 0])
@@ -198,31 +213,8 @@ def test_a_volume_over_the_memory_budget_goes_block_by_block_without_being_told(
 def test_instance_classes_go_block_by_block_and_equal_the_whole_image(tmp_path):
     """With a class per object, a large image still goes block by block: its class map, object
     classes and per-class scores equal those of the same volume predicted whole."""
-    from biapipe.tasks.instance.classes import size_classes
-
-    make_demo_data(tmp_path / "data", 3, 2, 1, 1, 48, seed=5)
-    with_copy(tmp_path / "data")
-    for label in sorted((tmp_path / "data").glob("*/labels/*.tif")):
-        (label.parent.parent / "classes").mkdir(exist_ok=True)
-        tifffile.imwrite(label.parent.parent / "classes" / label.name, size_classes(tifffile.imread(label), 120))
-    cfg = large_config(tmp_path / "data", "instance", evaluate={"iou_thresholds": [0.5]},
-                       targets={"instance": {"channels": ["foreground", "contour"], "classes": 2}},
-                       postprocess={"instance": {"min_size": 4, "seed_contour": 0.5}},
-                       train={"epochs": 80, "patches_per_epoch": 16, "batch_size": 4, "optimizer": {"lr": 0.003}})
-    for split in ("train", "val", "test"):
-        cfg["data"][split]["classes"] = str(tmp_path / "data" / split / "classes")
-    cfg["predict"]["memory_gb"] = 0.002
-    cfgfile = write_config(tmp_path / "c.yaml", cfg)
-    plan = planned_jobs(tmp_path, cfgfile)
-    assert plan["predict_block"] == BLOCKS and plan["segment_block"] > 1 and plan["postprocess_large"] == 1
-    snakemake(tmp_path, cfgfile)
-    out = tmp_path / "results" / "big"
-    big = np.asarray(zarr.open_group(str(out / "labels" / "test_000.ome.zarr"), mode="r")["0"])
-    whole = tifffile.imread(out / "labels" / "test_copy.tif")
+    out, big, _ = instance_block_run(tmp_path, classes=2)
     big_classes, whole_classes = (tifffile.imread(out / "classes" / f"{i}.tif") for i in ("test_000", "test_copy"))
-    from biapipe.tasks.instance.metrics import matching_metrics
-
-    assert matching_metrics(big, whole, [0.5])["f1@0.5"] == 1.0
     objects = pd.read_csv(out / "objects" / "test_000.csv")
     assert len(objects) == len(np.unique(big)) - 1 > 1 and set(objects["class"]) <= {1, 2}
     for obj, cls in zip(objects["label"], objects["class"]):
