@@ -170,9 +170,16 @@ class ClassedSamples(LabelImageTask):
         found = self.class_files.path_for(path) if path is not None else None
         if found is None:
             raise InputError(path, "has no class image (data.<split>.classes) but targets.instance.classes is set")
-        if tuple(np.shape(label)) == tuple(open_lazy(path, self.ndim).shape[:-1]):
+        if tuple(np.shape(label)) == self._label_shape(path):
             return self.true_classes(label, path)[np.asarray(labels).astype(np.intp)]
         return lookup(*self.class_table(path, found), label)
+
+    def _label_shape(self, path: str | Path) -> tuple[int, ...]:
+        """The (Z)YX shape of a label file, from its header once (every block of a volume asks)."""
+        shapes = self.__dict__.setdefault("_label_shapes", {})
+        if str(path) not in shapes:
+            shapes[str(path)] = tuple(open_lazy(path, self.ndim).shape[:-1])
+        return shapes[str(path)]
 
     def class_table(self, label_path: str | Path, class_path: str) -> tuple[np.ndarray, np.ndarray]:
         """(sorted object ids, their classes) of a label file, both files read block by block

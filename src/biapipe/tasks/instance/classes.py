@@ -105,16 +105,9 @@ def check_classed(unclassed: np.ndarray, n_classes: int, path: str | Path | None
                                f"({unclassed.size} such object(s)); give every object a class 1..{n_classes}")
 
 
-def class_targets(labels: np.ndarray, by_id: np.ndarray, n_classes: int) -> np.ndarray:
-    """(Z)YX labels -> float32 (Z)YXN, one-hot of each object's class, 0 in the background."""
-    labels = np.asarray(labels).astype(np.intp, copy=False)
-    if labels.size and int(labels.max()) >= len(by_id):
-        raise ValueError("labels hold ids the class table does not know")
-    return one_hot(by_id[labels], n_classes)
-
-
 def one_hot(pixel_classes: np.ndarray, n_classes: int) -> np.ndarray:
-    """(Z)YX classes 0..N -> float32 (Z)YXN, 0 everywhere for class 0."""
+    """(Z)YX classes 0..N -> float32 (Z)YXN: the class targets, one-hot on each object's pixels,
+    0 in the background (class 0)."""
     return (pixel_classes[..., np.newaxis] == np.arange(1, n_classes + 1)).astype(np.float32)
 
 

@@ -16,9 +16,9 @@ from biapipe.models.packaged import ActivatedNet
 from biapipe.tasks import get_task
 from biapipe.tasks.instance.classes import (
     class_matching,
-    class_targets,
     classes_from_map,
     object_classes,
+    one_hot,
     summarize_classes,
     vote,
 )
@@ -65,7 +65,7 @@ def test_vote_takes_the_class_most_pixels_predict():
 
 def test_class_targets_are_one_hot_on_objects():
     labels = _boxes((3, 4), {1: (0, 1, 0, 2), 2: (2, 3, 2, 4)})
-    t = class_targets(labels, np.array([0, 2, 1]), 2)
+    t = one_hot(np.array([0, 2, 1])[labels], 2)
     assert t.shape == (3, 4, 2) and t.dtype == np.float32
     assert t[0, 0].tolist() == [0, 1] and t[2, 3].tolist() == [1, 0] and t[1, 1].tolist() == [0, 0]
     assert t.sum() == 4
