@@ -42,6 +42,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -298,6 +299,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override a config key: a.b.c=value (YAML)")
     parser.add_argument("--table", action="store_true", help="print the table of the results so far")
     args = parser.parse_args()
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.label or args.config):
+        raise SystemExit(f"--label {args.label!r}: letters, digits, '_', '.' and '-' only (it names the experiment)")
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     images = dsb_table(work)
