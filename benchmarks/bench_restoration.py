@@ -104,7 +104,8 @@ def prepare(cfg: Any, pairs: list[tuple[str, str]], work: Path) -> tuple[list[tu
         name = imageio.image_id(image)
         img_out, tgt_out = work / "normalized" / f"{name}.zarr", work / "targets" / f"{name}.zarr"
         stages.prepare(image=image, label=target, image_out=str(img_out), targets_out=str(tgt_out), task=task,
-                       axes=axes, normalize=cfg["normalize"], stats=str(stats))
+                       axes=axes, normalize=cfg["normalize"], memory_gb=cfg["train"]["memory_gb"],
+                       patch_size=cfg["train"]["patch_size"], stats=str(stats))
         out.append((str(img_out), str(tgt_out)))
     return out, str(stats)
 
