@@ -287,6 +287,14 @@ def table(work: Path) -> str:
     return "\n".join(lines)
 
 
+def check_label(label: str, code: Path) -> None:
+    """Stop before any run when ``label`` cannot start an experiment name of ``code``'s schema."""
+    schema = yaml.safe_load((code / "src" / "biapipe" / "schemas" / "config.schema.yaml").read_text())
+    pattern = schema["properties"]["experiment"]["pattern"]
+    if not re.search(pattern, label):
+        raise SystemExit(f"--label {label!r} does not match {pattern}: it starts the experiment name")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="after", help="before (the issue's config) or after (the example)")
@@ -299,8 +307,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="override a config key: a.b.c=value (YAML)")
     parser.add_argument("--table", action="store_true", help="print the table of the results so far")
     args = parser.parse_args()
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.label or args.config):
-        raise SystemExit(f"--label {args.label!r}: letters, digits, '_', '.' and '-' only (it names the experiment)")
+    check_label(args.label or args.config, Path(args.code))
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     images = dsb_table(work)
