@@ -55,6 +55,7 @@ def test_a_dsb_like_dataset_plans_biapys_budget_as_the_issue_ran_it():
     # min_size: a ninth of the area of a 9 px object: pi/4 * 3² = 7
     assert cfg["postprocess"]["instance"]["min_size"] == 7
     assert cfg["targets"]["instance"]["channels"] == ["foreground", "contour"]
+    assert cfg["postprocess"]["instance"]["seed_contour_depth"] == 0.05  # the tuner's start
     assert set(record.choices) >= {"train.object_diameter", "train.patch_size", "train.epochs", "normalize.method"}
     assert all(choice["why"] for choice in record.choices.values())
 

@@ -1,8 +1,9 @@
 """The instance workflow's planned keys (``train.plan: auto``; the generic ones: workflow/planning.py).
 
 Post-processing follows the objects: the smallest kept object is a fraction of the small
-objects of the training set, holes are filled (nuclei and cells have none), and thresholds
-are tuned on the validation images whenever there are some. The target channels follow
+objects of the training set, holes are filled (nuclei and cells have none), seeds are the
+bottoms of contour-map basins, and thresholds are tuned on the validation images whenever
+there are some. The target channels follow
 how crowded the objects are.
 """
 
@@ -15,6 +16,10 @@ from typing import Any
 #: crowded: a distance channel then separates them better than contours alone.
 CROWDED = 0.02
 
+#: Depth of the contour-map basins that seed objects (``postprocess.instance.seed_contour_depth``),
+#: the tuner's starting point: chosen on the leave-type-out benchmark (docs/architecture.md).
+BASIN_DEPTH = 0.05
+
 
 def plan_instance(fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
                   has_validation: bool) -> list[tuple[str, Any, str]]:
@@ -24,6 +29,10 @@ def plan_instance(fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
         out.append(("postprocess.instance.tuned", True,
                     "seed and mask thresholds searched on the validation images (F1 at IoU 0.5)"))
     out.append(("postprocess.instance.fill_holes", True, "objects have no holes; a hole is a missed pixel"))
+    out.append(("postprocess.instance.seed_contour_depth", BASIN_DEPTH,
+                "seeds at the bottom of every contour-map basin this deep rather than below a fixed contour "
+                "level: dim objects of unseen image types still get a seed, touching ones parted by a weak "
+                "ridge get one each"))
     objects = (fingerprint or {}).get("objects")
     if objects:
         small = float(objects["diameter_p10"])

@@ -5,8 +5,13 @@ Three decisions, each from the channels the model predicts (``targets.instance.c
 - **seeds**, one connected blob per object: every channel present adds a condition and
   all must hold: foreground > ``seed_foreground``, contour <= ``seed_contour``,
   distance and signed distance > ``seed_distance``, centroid > ``seed_centroid``,
-  touching <= ``seed_touching``. Seeds are cleaned (optional opening, blobs smaller than
-  ``min_seed_size`` dropped) and numbered by connected components;
+  touching <= ``seed_touching``. With ``seed_contour_depth`` > 0 the contour condition is
+  instead "the bottom of a basin of the contour map at least that deep" (h-minima of the map
+  smoothed by one voxel): a basin is an object's interior whatever its absolute contour
+  level, so a dim or blurred object whose interior never drops below a fixed threshold still
+  gets a seed, and two objects parted by a weak ridge get two. Seeds are cleaned (optional
+  opening; thresholded blobs smaller than ``min_seed_size`` dropped) and numbered by
+  connected components;
 - **growth mask**, where objects may grow: foreground > ``mask_threshold``; without a
   foreground channel, signed distance > 2 * ``mask_threshold`` - 1 (0.5 is the object
   surface); with only a distance channel, distance > ``mask_distance``;
@@ -41,6 +46,7 @@ from skimage.segmentation import relabel_sequential, watershed
 
 from ...core.config import defaults
 from ...core.errors import ConfigError
+from .basins import contour_basins
 from .targets import check_channels, neighbourhood, normalized_sampling
 
 Threshold = float | str
@@ -49,6 +55,7 @@ Threshold = float | str
 THRESHOLD_CHANNELS = {
     "seed_foreground": "foreground",
     "seed_contour": "contour",
+    "seed_contour_depth": "contour",
     "seed_distance": "distance",
     "seed_centroid": "centroid",
     "seed_touching": "touching",
@@ -69,6 +76,7 @@ class InstanceParams:
     method: str
     seed_foreground: Threshold
     seed_contour: Threshold
+    seed_contour_depth: float
     seed_distance: Threshold
     seed_centroid: Threshold
     seed_touching: Threshold
@@ -111,7 +119,7 @@ class InstanceParams:
 
 
 def instance_postprocess(prediction: np.ndarray, channels: Sequence[str], params: InstanceParams | None = None,
-                         voxel_size: Sequence[float] | None = None) -> np.ndarray:
+                         voxel_size: Sequence[float] | None = None, basins: dict | None = None) -> np.ndarray:
     """(Z)YXC activated prediction with ``channels`` -> (Z)YX labels, uint16 or uint32, ids 1..N."""
     params = params or InstanceParams.defaults()
     check_channels(channels)
@@ -124,7 +132,9 @@ def instance_postprocess(prediction: np.ndarray, channels: Sequence[str], params
     maps = split_channels(z_median(prediction, params.z_median), channels)
     thresholds = resolve_thresholds(maps, params)
     mask = growth_mask(maps, thresholds)
-    seeds = seed_mask(maps, thresholds) & mask
+    seeds = seed_mask(maps, thresholds, sampling, mask, basins) & mask
+    if thresholds.get("seed_contour_depth", 0.0) > 0:
+        params = dataclasses.replace(params, min_seed_size=0)  # basin seeds are points, not blobs
     labels = grow(seeds, mask, flooding_surface(maps), params, sampling)
     if mask.any() and not labels.any():
         _warn_no_seeds(maps, thresholds, int(mask.sum()))
@@ -179,13 +189,16 @@ def _resolve(value: Threshold, channel: np.ndarray, key: str) -> float:
     return float(threshold_otsu(channel))
 
 
-def seed_mask(maps: dict[str, np.ndarray], thr: dict[str, float]) -> np.ndarray:
-    """Pixels meeting the seed condition of every channel present."""
+def seed_mask(maps: dict[str, np.ndarray], thr: dict[str, float], sampling: np.ndarray | None = None,
+              mask: np.ndarray | None = None, basins: dict | None = None) -> np.ndarray:
+    """Pixels meeting the seed condition of every channel present (``mask``: the growth mask,
+    which bounds the contour basins)."""
     shape = next(iter(maps.values())).shape
     seeds = np.ones(shape, dtype=bool)
+    depth = thr.get("seed_contour_depth", 0.0)
     conditions: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "foreground": lambda m: m > thr["seed_foreground"],
-        "contour": lambda m: m <= thr["seed_contour"],
+        "contour": (lambda m: contour_basins(m, depth, sampling, mask, thr, basins)) if depth > 0 else (lambda m: m <= thr["seed_contour"]),
         "distance": lambda m: m > thr["seed_distance"],
         "signed_distance": lambda m: m > thr["seed_distance"],
         "centroid": lambda m: m > thr["seed_centroid"],

@@ -24,6 +24,7 @@ from .postprocess import (
 TUNING_GRIDS: dict[str, tuple[float, ...]] = {
     "seed_foreground": (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     "seed_contour": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5),
+    "seed_contour_depth": (0.0, 0.05, 0.1, 0.2),
     "seed_distance": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "seed_centroid": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
     "seed_touching": (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
@@ -35,7 +36,7 @@ TUNING_GRIDS: dict[str, tuple[float, ...]] = {
 def tuned_keys(channels: Sequence[str]) -> list[str]:
     """Threshold keys that matter for these channels, seeds first."""
     present = set(channels)
-    keys = [k for k in ("seed_foreground", "seed_contour", "seed_centroid", "seed_touching")
+    keys = [k for k in ("seed_foreground", "seed_contour", "seed_contour_depth", "seed_centroid", "seed_touching")
             if THRESHOLD_CHANNELS[k] in present]
     if present & {"distance", "signed_distance"}:
         keys.insert(0, "seed_distance")
@@ -68,8 +69,10 @@ def tune_thresholds(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarr
     keys = tuned_keys(channels)
     current = {k: _start_value(getattr(params, k), grids[k]) for k in keys}
 
+    basins: list[dict] = [{} for _ in predictions]  # basin seeds change only with depth and mask
+
     def score(values: dict[str, float]) -> float:
-        return pooled_f1(predictions, labels, channels, base.with_thresholds(values), voxel_size, iou)
+        return pooled_f1(predictions, labels, channels, base.with_thresholds(values), voxel_size, iou, basins)
 
     best = initial = score(current)
     evaluations = 1
@@ -106,13 +109,14 @@ def _start_value(value: Threshold, grid: Sequence[float]) -> float:
 
 
 def pooled_f1(predictions: Sequence[np.ndarray], labels: Sequence[np.ndarray], channels: Sequence[str],
-              params: InstanceParams, voxel_size: Sequence[float] | None, iou: float) -> float:
-    """Matching F1 at ``iou`` from TP/FP/FN summed over the images."""
+              params: InstanceParams, voxel_size: Sequence[float] | None, iou: float,
+              basins: Sequence[dict] | None = None) -> float:
+    """Matching F1 at ``iou`` from TP/FP/FN summed over the images (``basins``: a cache per image)."""
     tp = fp = fn = 0
-    for pred, gt in zip(predictions, labels):
+    for i, (pred, gt) in enumerate(zip(predictions, labels)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoSeedsWarning)
-            out = instance_postprocess(pred, channels, params, voxel_size)
+            out = instance_postprocess(pred, channels, params, voxel_size, None if basins is None else basins[i])
         ov = overlap(gt, out)
         matched = match_pairs(ov, iou)[0].size
         tp += matched

@@ -116,6 +116,55 @@ def test_otsu_thresholds_segment_noisy_maps():
     assert matching_metrics(out, lab)["f1@0.7"] == 1.0
 
 
+def _dim_pair():
+    """Two touching disks as a network unsure of their interiors predicts them: the contour map is
+    0.8 on their outline (foreground 0.45 there), 0.1 and 0.11 inside them (above a fixed seed threshold
+    of 0.05) and 0.3 on the line where they meet."""
+    lab = _two_disks()
+    fg = (lab > 0).astype(np.float32)
+    contour = np.choose(lab, [0.0, 0.1, 0.11]).astype(np.float32)
+    contour[:, 27:29] = np.where(lab[:, 27:29] > 0, 0.3, 0.0)
+    outline = (lab > 0) & ~ndimage.binary_erosion(lab > 0)
+    contour[outline] = 0.8
+    fg[outline] = 0.45                                    # less sure on the outline, as networks are
+    return lab, _stack(fg, contour)
+
+
+def test_contour_basins_seed_dim_objects_that_a_fixed_threshold_misses_or_merges():
+    lab, pred = _dim_pair()
+    channels = ["foreground", "contour"]
+    with pytest.warns(NoSeedsWarning):
+        assert instance_postprocess(pred, channels, InstanceParams.defaults(seed_contour=0.05, mask_threshold=0.4)).max() == 0
+    assert instance_postprocess(pred, channels, InstanceParams.defaults(seed_contour=0.35, mask_threshold=0.4)).max() == 1  # merged
+    out = instance_postprocess(pred, channels, InstanceParams.defaults(seed_contour=0.05, seed_contour_depth=0.05,
+                                                                  mask_threshold=0.4))
+    assert out.max() == 2 and matching_metrics(out, lab)["f1@0.8"] == 1.0
+
+
+def test_contour_basins_shallower_than_the_depth_do_not_split_an_object():
+    lab, pred = _dim_pair()
+    ridge = (lab[:, 27:29] > 0) & (pred[:, 27:29, 1] < 0.8)
+    pred[:, 27:29, 1][ridge] = 0.13                                    # a ridge 0.02 above the right interior
+    params = InstanceParams.defaults(seed_contour_depth=0.05, mask_threshold=0.4)
+    assert instance_postprocess(pred, ["foreground", "contour"], params).max() == 1
+    assert instance_postprocess(pred, ["foreground", "contour"], params.with_thresholds({"seed_contour_depth": 0.01})).max() == 2
+
+
+def test_tuning_keeps_the_planned_basin_depth_on_a_tie_and_leaves_it_when_validation_says_so():
+    lab, pred = _dim_pair()
+    pred[..., 0] *= 0.4                                   # a timid network: foreground never above 0.4
+    params = InstanceParams.defaults(seed_contour_depth=0.05)
+    res = tune_thresholds([pred], [lab], ["foreground", "contour"], params)
+    assert res["f1_initial"] == 0.0 and res["f1"] == 1.0
+    assert res["thresholds"]["seed_contour_depth"] == 0.05  # fixed thresholds do as well: basins stay
+    lab, pred = _dim_pair()                               # a weak ridge inside what is truly one object
+    ridge = (lab[:, 27:29] > 0) & (pred[:, 27:29, 1] < 0.8)
+    pred[:, 27:29, 1][ridge] = 0.13
+    one = (lab > 0).astype(np.uint16)
+    res = tune_thresholds([pred], [one], ["foreground", "contour"], params.with_thresholds({"seed_contour_depth": 0.01}))
+    assert res["f1_initial"] < 1.0 and res["f1"] == 1.0 and res["thresholds"]["seed_contour_depth"] != 0.01
+
+
 def test_wrong_channel_count_is_a_config_error():
     with pytest.raises(ConfigError, match="targets.instance.channels"):
         instance_postprocess(np.zeros((4, 4, 3), np.float32), ["foreground", "contour"])
