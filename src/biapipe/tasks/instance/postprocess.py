@@ -196,9 +196,13 @@ def seed_mask(maps: dict[str, np.ndarray], thr: dict[str, float], sampling: np.n
     shape = next(iter(maps.values())).shape
     seeds = np.ones(shape, dtype=bool)
     depth = thr.get("seed_contour_depth", 0.0)
+
+    def contour(m: np.ndarray) -> np.ndarray:
+        return contour_basins(m, depth, sampling, mask, thr, basins) if depth > 0 else m <= thr["seed_contour"]
+
     conditions: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "foreground": lambda m: m > thr["seed_foreground"],
-        "contour": (lambda m: contour_basins(m, depth, sampling, mask, thr, basins)) if depth > 0 else (lambda m: m <= thr["seed_contour"]),
+        "contour": contour,
         "distance": lambda m: m > thr["seed_distance"],
         "signed_distance": lambda m: m > thr["seed_distance"],
         "centroid": lambda m: m > thr["seed_centroid"],
