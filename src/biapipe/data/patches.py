@@ -19,10 +19,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ..core.errors import InputError
-from .augment import AugmentDraw, Augmenter
+from .augment import IGNORE_INDEX, AugmentDraw, Augmenter
 from .scale import training_diameter
 from .sources import PathPair, Sample, check_consistent, load_samples
 
@@ -92,6 +93,38 @@ class PatchSampler:
         window = (slice(None),) + tuple(slice(c, c + p) for c, p in zip(corner, self.patch_size))
         return sample.image[window], sample.target[window]
 
+    def crop_zoomed_out(self, index: int, corner: Sequence[int], zoom: float) -> tuple[np.ndarray, np.ndarray]:
+        """The patch at ``corner`` zoomed out by ``zoom`` < 1 about its centre: the image's own
+        surroundings (a window ``1 / zoom`` times the patch), resized to the patch size.
+
+        Zooming out inside the patch would fill the rim with mirror images of the patch; reading the
+        real context keeps neighbouring objects real. Beyond the image the window is mirrored (as the
+        interpolating stage mirrors), and a class map's outside is ignored.
+        """
+        sample = self.samples[index]
+        size = [max(p, int(round(p / zoom))) for p in self.patch_size]
+        start = [int(round(c + p / 2 - n / 2)) for c, p, n in zip(corner, self.patch_size, size)]
+        shape = sample.spatial_shape
+        inside = tuple(slice(max(a, 0), min(a + n, s)) for a, n, s in zip(start, size, shape))
+        pads = [(0, 0)] + [(w.start - a, a + n - w.stop) for w, a, n in zip(inside, start, size)]
+        image, target = sample.image[(slice(None), *inside)], sample.target[(slice(None), *inside)]
+        image = np.pad(np.asarray(image, dtype=np.float32), pads, mode="reflect")
+        if target.dtype.kind in "iu":
+            target = np.pad(np.asarray(target), pads, mode="constant", constant_values=IGNORE_INDEX)
+        else:
+            target = np.pad(np.asarray(target, dtype=np.float32), pads, mode="reflect")
+        return _resize(image, self.patch_size, False), _resize(target, self.patch_size, target.dtype.kind in "iu")
+
+
+def _resize(x: np.ndarray, shape: Sequence[int], class_map: bool) -> np.ndarray:
+    """C(Z)YX array resized to ``shape``: nearest for class maps, else (bi/tri)linear, anti-aliased in
+    2D (a lower magnification integrates over each pixel, it does not sample it)."""
+    t = torch.from_numpy(np.ascontiguousarray(x))[None]
+    if class_map:
+        return F.interpolate(t.to(torch.float32), size=tuple(shape), mode="nearest-exact")[0].to(t.dtype).numpy()
+    mode = "bilinear" if len(shape) == 2 else "trilinear"
+    return F.interpolate(t, size=tuple(shape), mode=mode, align_corners=False, antialias=len(shape) == 2)[0].numpy()
+
 
 def to_tensors(image: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """C(Z)YX arrays to tensors: float32 image, long class map or float32 target maps."""
@@ -142,11 +175,17 @@ class TrainPatches(Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         key = (self.seed, _TRAIN_STREAM, self.epoch, int(i))
-        image, target = self.sampler.crop(*self.sampler.draw(np.random.default_rng(list(key))))
+        position = self.sampler.draw(np.random.default_rng(list(key)))
         if self.augmenter is None:
-            return (*to_tensors(image, target), None)
+            return (*to_tensors(*self.sampler.crop(*position)), None)
+        draw = self.augmenter.draw(key)
+        if draw["scale"] < 1:  # zoom out here, from the image's real surroundings
+            image, target = self.sampler.crop_zoomed_out(*position, draw["scale"])
+            draw = draw.without("scale")
+        else:
+            image, target = self.sampler.crop(*position)
         image, target = self.augmenter.exact(image, target, key)
-        return (*to_tensors(image, target), self.augmenter.draw(key))
+        return (*to_tensors(image, target), draw)
 
     def _apply(self, image: torch.Tensor, target: torch.Tensor, draw: AugmentDraw) -> tuple[torch.Tensor, torch.Tensor]:
         if draw.is_neutral:

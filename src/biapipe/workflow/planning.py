@@ -46,6 +46,10 @@ REFERENCE = {"voxels": 128 * 128, "width": 16, "depth": 3}
 #: The working object scale: the training set's median diameter, within these bounds (pixels).
 SCALE_BOUNDS = (16, 40)
 
+#: Planned zoom augmentation: down to half the training scale (objects smaller than it stay at
+#: their own size at test time), up to the schema's 1.4.
+ZOOM_RANGE = (0.5, 1.4)
+
 #: Planned epochs aim at about this many, each of a power-of-two number of patches.
 TARGET_EPOCHS = 40
 
@@ -250,6 +254,10 @@ class Planner:
     def augmentation(self) -> None:
         self.choose("train.augment.scale", 0.3, "zoom in 30% of the patches: covers the error of the test-time "
                                                 "object scale estimate")
+        self.choose("train.augment.scale_range", list(ZOOM_RANGE),
+                    f"zooms of {ZOOM_RANGE[0]:g}-{ZOOM_RANGE[1]:g}: an estimated diameter only zooms test images "
+                    "down, so objects smaller than the training scale are segmented at their own size, down to "
+                    "about half of it")
         for key, value in (("brightness", 0.3), ("contrast", 0.3), ("gamma", 0.3), ("gaussian_noise", 0.2)):
             self.choose(f"train.augment.{key}", value, "intensity changes and noise in a third of the patches: "
                                                        "dimmer, noisier and differently exposed images than the "

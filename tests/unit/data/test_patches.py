@@ -174,6 +174,39 @@ def test_gpu_path_hands_over_draws_that_reproduce_the_cpu_patches(tmp_path: Path
     assert any(not torch.equal(images[i], aug_images[i]) for i in range(8))
 
 
+def test_zooming_out_reads_the_real_surroundings_not_a_mirror_of_the_patch(tmp_path: Path) -> None:
+    """A zoom of 0.5 shows twice the field of view: on an image whose value is its x coordinate,
+    the patch spans twice the patch's own range of x (a mirror inside the patch would stay
+    within it); the class map follows, ignored only beyond the image."""
+    x = np.broadcast_to(np.arange(96, dtype=np.float32), (96, 96))
+    image_path, target_path = tmp_path / "ramp_image.zarr", tmp_path / "ramp_target.zarr"
+    write_zarr(image_path, np.ascontiguousarray(x)[..., None])
+    write_zarr(target_path, (x >= 48).astype(np.int16)[..., None])
+    cfg = config(augment={"flip": 0.0, "rot90": 0.0, "rotate": 0.0, "blur": 0.0, "scale": 1.0,
+                          "scale_range": [0.5, 0.5]}, foreground_fraction=0.0, patches_per_epoch=12)
+    train = build_datasets(cfg, TASK, [(image_path, target_path)], []).train
+    for i in range(len(train)):
+        position = train.sampler.draw(np.random.default_rng([train.seed, 1, 0, i]))
+        corner_y, corner_x = position[1]
+        image, target, draw = train.draw_patch(i)
+        assert draw["scale"] == 1.0  # done here, not again by the interpolating stage
+        row = image[0, 8].numpy()
+        start = corner_x - 8  # the 32-pixel window about the patch centre
+        expected = start + 2 * np.arange(16) + 0.5  # each output pixel the mean of two
+        inside = all(0 <= c - 8 and c + 24 <= 96 for c in (corner_y, corner_x))
+        if inside:
+            np.testing.assert_allclose(row[1:-1], expected[1:-1], atol=1e-3)
+            np.testing.assert_allclose(row[[0, -1]], expected[[0, -1]], atol=0.5)
+            assert row.max() - row.min() > 28  # twice the 15 of the patch itself
+            assert not (target == -1).any()
+        if inside:
+            assert torch.equal(target[0, 8] == 1, torch.from_numpy(row >= 47.5))
+        else:
+            assert (target == -1).any()  # the class map is ignored beyond the image
+    assert sum(all(0 <= c - 8 and c + 24 <= 96 for c in train.sampler.draw(np.random.default_rng(
+        [train.seed, 1, 0, i]))[1]) for i in range(len(train))) >= 2
+
+
 # --------------------------------------------------------------------------- images kept on disk
 
 

@@ -56,6 +56,8 @@ def test_a_dsb_like_dataset_plans_biapys_budget_as_the_issue_ran_it():
     assert cfg["postprocess"]["instance"]["min_size"] == 7
     assert cfg["targets"]["instance"]["channels"] == ["foreground", "contour"]
     assert cfg["postprocess"]["instance"]["seed_contour_depth"] == 0.05  # the tuner's start
+    # test images are only zoomed down, so training zooms objects out to half the training scale
+    assert train["augment"]["scale_range"] == [0.5, 1.4] and train["augment"]["scale"] == 0.3
     assert set(record.choices) >= {"train.object_diameter", "train.patch_size", "train.epochs", "normalize.method"}
     assert all(choice["why"] for choice in record.choices.values())
 

@@ -9,7 +9,9 @@ Two stages, because they have different costs and different exactness:
    deformation; blur, Poisson and Gaussian noise, brightness, contrast, gamma, cutout) run
    in torch: one sampling grid per patch (:mod:`.geometric`) and the intensity functions
    (:mod:`.intensity`). When training on CUDA they run batched on the GPU after the batch
-   is moved there; on CPU the same code runs per patch in the data path.
+   is moved there; on CPU the same code runs per patch in the data path. A zoom out (< 1) is
+   the exception: the data path reads the patch's real surroundings and resizes them
+   (``data.patches``), so the drawn zoom is done before this stage.
 
 Determinism: each transform draws from its own stream, keyed by ``(seed, epoch, patch
 index, transform name)`` (:func:`.transforms.stream`), so a patch is a pure function of that

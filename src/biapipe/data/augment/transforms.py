@@ -102,6 +102,11 @@ class AugmentDraw:
     def __getitem__(self, name: str) -> float:
         return self.values[NAMES.index(name)]
 
+    def without(self, name: str) -> AugmentDraw:
+        """The same draw with transform ``name`` neutral (done elsewhere)."""
+        k = NAMES.index(name)
+        return AugmentDraw(self.values[:k] + (TRANSFORMS[k].neutral,) + self.values[k + 1:], self.seeds)
+
     def seed(self, name: str) -> int:
         return int(self.seeds[NAMES.index(name)])
 
