@@ -109,11 +109,12 @@ class PatchSampler:
         pads = [(0, 0)] + [(w.start - a, a + n - w.stop) for w, a, n in zip(inside, start, size)]
         image, target = sample.image[(slice(None), *inside)], sample.target[(slice(None), *inside)]
         image = np.pad(np.asarray(image, dtype=np.float32), pads, mode="reflect")
-        if target.dtype.kind in "iu":
+        class_map = target.dtype.kind in "iu"
+        if class_map:
             target = np.pad(np.asarray(target), pads, mode="constant", constant_values=IGNORE_INDEX)
         else:
             target = np.pad(np.asarray(target, dtype=np.float32), pads, mode="reflect")
-        return _resize(image, self.patch_size, False), _resize(target, self.patch_size, target.dtype.kind in "iu")
+        return _resize(image, self.patch_size, False), _resize(target, self.patch_size, class_map)
 
 
 def _resize(x: np.ndarray, shape: Sequence[int], class_map: bool) -> np.ndarray:
