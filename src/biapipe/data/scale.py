@@ -57,6 +57,34 @@ def median_diameter(mask: np.ndarray, sampling: Sequence[float] | None = None) -
     return float(2.0 * np.median(radii))
 
 
+#: Diameters (pixels) the image-only blob measure tries: 2^(k/4) steps from 4 to 128.
+BLOB_DIAMETERS = tuple(2.0 ** (k / 4.0) for k in range(8, 29))
+
+
+def blob_diameter(image: np.ndarray, sampling: Sequence[float] | None = None) -> float | None:
+    """Typical diameter of the bright blobs of a (Z)YX image, from its intensities alone: the finest
+    diameter at which the scale-normalized Laplacian of Gaussian (its 99.5th percentile over the
+    image) has a local maximum over scale. None when the response only grows with scale.
+
+    A network cannot fool this measure (it sees no prediction), but touching objects in a cluster
+    also form one larger blob, so it is used only as a check on the prediction's measure
+    (``inference.rescale``)."""
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float32)
+    spacing = np.ones(image.ndim) if sampling is None else np.asarray(sampling, dtype=float)
+    responses = []
+    for diameter in BLOB_DIAMETERS:
+        sigma = diameter / (2.0 * math.sqrt(2.0)) / spacing  # a disc of diameter d: LoG peaks at sigma d / 2^1.5
+        step = np.maximum(1, (sigma // 2).astype(int))  # subsampled so that every sigma is ~2-4 samples
+        small = image[tuple(slice(None, None, int(k)) for k in step)]
+        response = -ndimage.gaussian_laplace(small, sigma / step) * float(np.mean(sigma / step)) ** 2
+        responses.append(float(np.percentile(response, 99.5)))
+    r = np.asarray(responses)
+    peaks = np.flatnonzero((r[1:-1] >= r[:-2]) & (r[1:-1] > r[2:])) + 1
+    return float(BLOB_DIAMETERS[peaks[0]]) if peaks.size else None
+
+
 def scale_factor(target: float | None, diameter: float | None) -> float:
     """Zoom that brings objects of ``diameter`` to ``target`` pixels: 1 when either is unknown or
     the two are within ``TOLERANCE`` of each other, else target / diameter within [1/LIMIT, LIMIT]."""

@@ -270,6 +270,11 @@ class Task(GalleryHooks):
         post-processing finds with the configured (never the tuned) thresholds; None: none found."""
         return None
 
+    def image_diameter(self, image: np.ndarray) -> float | None:
+        """Typical object diameter of one normalized (Z)YXC image from its intensities alone, the
+        check on ``prediction_diameter`` (inference/rescale.py); None: no measure."""
+        return None
+
     # ------------------------------------------------------------------ planning (train.plan: auto)
     def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
         """What planning measures in one (Z)YX ground truth crop (``data.scale.object_stats``:

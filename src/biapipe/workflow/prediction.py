@@ -32,7 +32,7 @@ def predict_rescaled(model: str, image: str, array: np.ndarray, task: Task, pcfg
 
     return predict_at_training_scale(lambda a: predict_array(model, image, a, task, pcfg), array,
                                      load_predictor(model, pcfg["device"]).meta, task.prediction_diameter,
-                                     task.cfg["data"]["object_diameter"], logger, image)
+                                     task.cfg["data"]["object_diameter"], logger, image, task.image_diameter)
 
 
 def predict_array(model: str, image: str | None, array: np.ndarray, task: Task, pcfg: Section) -> np.ndarray:

@@ -29,7 +29,7 @@ from ...core import imageio
 from ...core.errors import ConfigError, InputError
 from ...data.blocks import Block
 from ...data.lazy import open_lazy
-from ...data.scale import median_diameter, object_stats
+from ...data.scale import blob_diameter, median_diameter, object_stats
 from ...large.plan import halo
 from ...large.volumes import SpatialView, open_raw, scoring_pair
 from .class_files import ClassedSamples, ClassFiles
@@ -162,6 +162,10 @@ class InstanceTask(ClassedSamples):
         not depend on whether the tuning job has run yet."""
         maps = prediction[..., :len(self.channels)]
         return median_diameter(object_mask(maps, self.channels, self.params), self.spec.sampling(self.ndim))
+
+    def image_diameter(self, image: np.ndarray) -> float | None:
+        """Of the bright blobs of the channels' mean (nuclei, cells in fluorescence)."""
+        return blob_diameter(np.asarray(image, dtype=np.float32).mean(axis=-1), self.spec.sampling(self.ndim))
 
     def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
         return object_stats(prepare_labels(label), self.spec.sampling(self.ndim))
