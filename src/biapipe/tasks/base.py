@@ -261,8 +261,7 @@ class Task(GalleryHooks):
 
     # ------------------------------------------------------------------ object scale (measures_objects)
     def label_diameter(self, label: Any, path: str | Path | None = None) -> float | None:
-        """Typical object diameter of a ground truth (what read_label returned), in units of the
-        smallest voxel edge; None when there is nothing to measure."""
+        """Typical object diameter of a ground truth (read_label's), in smallest-voxel units; None: nothing."""
         return None
 
     def prediction_diameter(self, prediction: np.ndarray) -> float | None:
@@ -271,20 +270,17 @@ class Task(GalleryHooks):
         return None
 
     def image_diameter(self, image: np.ndarray) -> float | None:
-        """Typical object diameter of one normalized (Z)YXC image from its intensities alone, the
-        check on ``prediction_diameter`` (inference/rescale.py); None: no measure."""
+        """Of one normalized (Z)YXC image, from its intensities alone (rescale's check); None: no measure."""
         return None
 
     # ------------------------------------------------------------------ planning (train.plan: auto)
     def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
-        """What planning measures in one (Z)YX ground truth crop (``data.scale.object_stats``:
-        diameter, count, foreground share, crowding); None: nothing to measure."""
+        """Planning's measures of one (Z)YX ground truth crop (``data.scale.object_stats``); None: nothing."""
         return None
 
     def planned(self, fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
                 has_validation: bool) -> list[tuple[str, Any, str]]:
-        """The workflow's own planned keys as (dotted key, value, why), from the data's fingerprint
-        (None for demo data) and the config planned so far; the planner keeps any the user wrote."""
+        """The workflow's planned (key, value, why) from the fingerprint (None: demo data) and the plan so far."""
         return []
 
     # ------------------------------------------------------------------ post-processing
@@ -397,9 +393,8 @@ class Task(GalleryHooks):
 
     def score_folders(self, pred_dir: str | Path, gt_dir: str | Path,
                       ndim: int | None = None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-        """Per-image scores of a folder of outputs against a folder of ground truth, paired by name,
-        and the details (``biapipe evaluate``). Each pair is read with its own dimensionality unless
-        ``ndim`` is given. Side outputs (object scores) are found beside ``pred_dir``, as written."""
+        """Per-image scores of outputs against ground truth folders paired by name, and the details
+        (``biapipe evaluate``); each pair in its own ndim unless ``ndim`` is given, side outputs beside pred_dir."""
         suffixes = IMAGE_SUFFIXES if self.output_suffix in IMAGE_SUFFIXES else (self.output_suffix,)
         preds = list_images(pred_dir, suffixes)
         gts = list_images(gt_dir, self.label_suffixes)
