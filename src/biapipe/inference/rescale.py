@@ -16,9 +16,8 @@ points of F1 on DSB2018's dense clusters while zooming down gained 20 on its lar
 come out as specks (CHO nuclei 3.5 times the training scale measured 4-16 px) and would then
 never be zoomed down; so when the first pass would leave the image at its own scale (it finds
 nothing, or objects no larger than about the training ones), the image's own blobs (``blobs``,
-from intensities alone) are measured, and when
-they are at least ``BLOB_RATIO`` times the training diameter they set the zoom, as a given
-diameter would. A given diameter (``data.object_diameter``) zooms either way and skips the
+from intensities alone) are measured, and when they are at least ``BLOB_RATIO`` times the
+training diameter they set the zoom, as a given diameter would. A given diameter (``data.object_diameter``) zooms either way and skips the
 estimate. The last prediction is zoomed back to the image's own shape, so everything downstream
 sees the image's grid. Why the scale matters: docs/architecture.md, "object scale".
 """
@@ -67,18 +66,18 @@ def predict_rescaled(predict: Predict, image: np.ndarray, training_diameter: flo
         if log is not None:
             log.info("first estimate %s; the image's blobs measure %.1f px and set the zoom",
                      "none" if diameter is None else f"{diameter:.1f} px", blob)
-        factor, diameter = scale_factor(training_diameter, blob), blob
+        factor, diameter, made = scale_factor(training_diameter, blob), blob, 2
         prediction = _predict_at(predict, image, factor)
-        made, passes = 2, 2
-    while diameter is not None and made < passes:
-        wanted = min(1.0, scale_factor(training_diameter, diameter))  # estimates zoom down only
-        if 1.0 / TOLERANCE <= wanted / factor <= TOLERANCE:
-            break
-        factor = wanted
-        prediction = _predict_at(predict, image, factor)
-        made += 1
-        seen = measure(prediction)
-        diameter = seen / factor if seen is not None else diameter
+    else:
+        while diameter is not None and made < passes:
+            wanted = min(1.0, scale_factor(training_diameter, diameter))  # estimates zoom down only
+            if 1.0 / TOLERANCE <= wanted / factor <= TOLERANCE:
+                break
+            factor = wanted
+            prediction = _predict_at(predict, image, factor)
+            made += 1
+            seen = measure(prediction)
+            diameter = seen / factor if seen is not None else diameter
     if log is not None:
         found = "no objects found" if diameter is None else f"object diameter {diameter:.1f} px"
         log.info("%s; training diameter %.1f px: predicted at scale %.3g (%d pass%s)", found,
