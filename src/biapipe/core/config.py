@@ -51,6 +51,7 @@ def validate_config(config: Mapping[str, Any]) -> Section:
     """Return ``config`` with defaults filled in, as read-only sections, or raise ConfigError."""
     cfg = plain(config)
     _fill_ndim_defaults(cfg)
+    _fill_mode_defaults(cfg)
     validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
@@ -195,6 +196,20 @@ def _fill_ndim_defaults(cfg: dict[str, Any]) -> None:
         if isinstance(sub, dict):
             for key, value in values.items():
                 sub.setdefault(key, list(value))
+
+
+def _fill_mode_defaults(cfg: dict[str, Any]) -> None:
+    """Noise2Void trains without batch normalization unless the config names a norm
+    (docs/architecture.md, Restoration: why)."""
+    targets, train = cfg.get("targets"), cfg.get("train")
+    section = targets.get("denoising") if isinstance(targets, dict) else None
+    if cfg.get("workflow") != "denoising" or not isinstance(section, dict) or section.get("mode") != "noise2void":
+        return
+    if train is None:
+        train = cfg["train"] = {}
+    model = train.setdefault("model", {}) if isinstance(train, dict) else None
+    if isinstance(model, dict):
+        model.setdefault("norm", "none")
 
 
 #: An experiment name is one folder under ``results`` (never ".", "..", a path or a line break).

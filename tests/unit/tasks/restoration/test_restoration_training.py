@@ -22,13 +22,13 @@ ALL_ON = {"flip": 1.0, "rot90": 1.0, "rotate": 1.0, "scale": 1.0, "elastic": 1.0
           "gaussian_noise": 1.0, "brightness": 1.0, "contrast": 1.0, "gamma": 1.0}
 
 
-def _config(mode: str = "supervised", augment: dict | None = None) -> dict:
+def _config(mode: str = "supervised", augment: dict | None = None, model: dict | None = None, **section: object) -> dict:
     return validate_config({
         "experiment": "t", "workflow": "denoising", "ndim": 2, "seed": 0,
         "data": {"train": {"images": "unused", "targets": "unused"}},
-        "normalize": {"scope": "dataset"}, "targets": {"denoising": {"mode": mode, "channels": 1}},
-        "train": {"model": {"depth": 2, "width": 4}, "patch_size": [16, 16], "batch_size": 2, "epochs": 1,
-                  "patches_per_epoch": 12, "val_patches": 2, "threads": 1, "augment": augment or {}}})
+        "normalize": {"scope": "dataset"}, "targets": {"denoising": {"mode": mode, "channels": 1, **section}},
+        "train": {"model": {"depth": 2, "width": 4, **(model or {})}, "patch_size": [16, 16], "batch_size": 2,
+                  "epochs": 1, "patches_per_epoch": 12, "val_patches": 2, "threads": 1, "augment": augment or {}}})
 
 
 def test_patches_give_image_and_target_the_same_geometry_and_the_input_no_intensity_change(tmp_path: Path) -> None:
@@ -78,3 +78,27 @@ def test_a_residual_unet_starts_as_the_identity(ndim: int) -> None:
 def test_noise2void_has_no_input_skip(mode: str, residual: bool) -> None:
     # with a skip, training adds a blind spot's replacement value, prediction the noisy pixel itself
     assert get_task(_config(mode)).model_spec(1)["residual"] is residual
+
+
+@pytest.mark.parametrize("mode, written, norm", [("noise2void", None, "none"), ("noise2void", "batch", "batch"),
+                                                 ("supervised", None, "batch"), ("noise2noise", None, "batch")])
+def test_noise2void_trains_without_batch_norm_unless_the_config_names_one(mode: str, written: str | None,
+                                                                          norm: str) -> None:
+    cfg = _config(mode, model={"norm": written} if written else None)
+    assert cfg["train"]["model"]["norm"] == norm
+    layers = {type(m).__name__ for m in UNet(2, 1, 1, depth=2, width=4, norm=norm).modules()}
+    assert ("BatchNorm2d" in layers) is (norm == "batch")
+
+
+def test_noise2void_validation_scores_at_least_one_pixel_in_sixteen(tmp_path: Path) -> None:
+    # at the training share (0.2 %) 2 validation patches of 32^2 would score about 4 pixels
+    image = np.random.default_rng(0).random((64, 64, 1)).astype(np.float32)
+    imageio.write_zarr(tmp_path / "i.zarr", image)
+    cfg = _config("noise2void", mask_fraction=0.002).with_value("train.patch_size", [32, 32])
+    pair = [(tmp_path / "i.zarr", tmp_path / "i.zarr")]
+    data, _ = restoration_datasets(cfg, get_task(cfg), pair, pair, cfg["targets"]["denoising"])
+    train_scored = [int(data.train[i][1][-1].sum()) for i in range(len(data.train))]
+    val_scored = [int(data.val[i][1][-1].sum()) for i in range(len(data.val))]
+    assert max(train_scored) <= 4  # one blind spot per 22x22 cell of a 32^2 patch
+    assert min(val_scored) == 64  # one per 4x4 cell
+    assert data.val[0][0] is data.val[0][0]  # made once: the same masks every epoch
