@@ -205,8 +205,6 @@ def _fill_mode_defaults(cfg: dict[str, Any]) -> None:
     section = targets.get("denoising") if isinstance(targets, dict) else None
     if cfg.get("workflow") != "denoising" or not isinstance(section, dict) or section.get("mode") != "noise2void":
         return
-    if train is None:
-        train = cfg["train"] = {}
     model = train.setdefault("model", {}) if isinstance(train, dict) else None
     if isinstance(model, dict):
         model.setdefault("norm", "none")

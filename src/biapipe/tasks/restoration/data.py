@@ -24,9 +24,10 @@ from .targets import apply_normalization, target_normalization
 EXACT_AUGMENT = ("flip", "rot90")
 #: Random streams of the denoising modes, apart from those of patches (1, 2).
 _MASK_STREAM, _VAL_MASK_STREAM, _SWAP_STREAM = 11, 12, 13
-#: Least share of blind spots in a Noise2Void validation patch: the validation loss picks
-#: best.pt, and at the training share (0.2 %: about 130 pixels in 16 patches of 64^2) the
-#: noise of those few pixels outweighs the differences between epochs (benchmarks/README.md).
+#: Least share of blind spots in a Noise2Void validation patch (one per 4x4 cell in 2D, 3x3x3
+#: in 3D): the validation loss picks best.pt, and at the training share (0.2 %: about 130 pixels
+#: in 16 patches of 64^2) the noise of those few pixels outweighs the differences between epochs
+#: (benchmarks/README.md). Not with structured masks, which hide 2k + 1 pixels per blind spot.
 VAL_MASK_FRACTION = 1 / 16
 
 
@@ -53,7 +54,8 @@ def restoration_datasets(cfg: Any, task: Any, train_pairs: Sequence[PathPair], v
     seed = seed_entropy(cfg["seed"])
     if mode == "noise2void":
         train = BlindSpotPatches(data.train, denoising, seed, _MASK_STREAM)
-        dense = {**denoising, "mask_fraction": max(float(denoising["mask_fraction"]), VAL_MASK_FRACTION)}
+        dense = {**denoising, "mask_fraction": max(float(denoising["mask_fraction"]),
+                                                   0.0 if denoising["structured"] else VAL_MASK_FRACTION)}
         val = BlindSpotPatches(data.val, dense, seed, _VAL_MASK_STREAM, fixed=True) if data.val is not None else None
         data = replace(data, train=train, val=val)
     elif mode == "noise2noise":
@@ -87,8 +89,9 @@ class _Wrapped(Dataset):
 class BlindSpotPatches(_Wrapped):
     """Noise2Void items: (the patch with blind spots, [its target, the 0/1 mask of blind spots]).
 
-    ``fixed`` (validation: the same patches and masks every epoch) keeps each item once made,
-    as masking runs in Python per blind spot and validation patches are dense with them."""
+    ``fixed`` (validation: the same patches and masks every epoch) keeps each item once made (in
+    the process that makes it), as masking runs in Python per blind spot and validation patches
+    are dense with them."""
 
     def __init__(self, inner: Any, settings: dict[str, Any], seed: int, stream: int, fixed: bool = False) -> None:
         super().__init__(inner, seed)

@@ -12,6 +12,7 @@ import torch
 
 from biapipe.core import imageio
 from biapipe.core.config import validate_config
+from biapipe.models.registry import build_model
 from biapipe.models.unet import UNet
 from biapipe.tasks import get_task
 from biapipe.tasks.restoration.data import restoration_datasets
@@ -86,7 +87,7 @@ def test_noise2void_trains_without_batch_norm_unless_the_config_names_one(mode: 
                                                                           norm: str) -> None:
     cfg = _config(mode, model={"norm": written} if written else None)
     assert cfg["train"]["model"]["norm"] == norm
-    layers = {type(m).__name__ for m in UNet(2, 1, 1, depth=2, width=4, norm=norm).modules()}
+    layers = {type(m).__name__ for m in build_model(get_task(cfg).model_spec(1)).modules()}
     assert ("BatchNorm2d" in layers) is (norm == "batch")
 
 
@@ -102,3 +103,6 @@ def test_noise2void_validation_scores_at_least_one_pixel_in_sixteen(tmp_path: Pa
     assert max(train_scored) <= 4  # one blind spot per 22x22 cell of a 32^2 patch
     assert min(val_scored) == 64  # one per 4x4 cell
     assert data.val[0][0] is data.val[0][0]  # made once: the same masks every epoch
+    structured = _config("noise2void", mask_fraction=0.002, structured=1).with_value("train.patch_size", [32, 32])
+    data, _ = restoration_datasets(structured, get_task(structured), pair, pair, structured["targets"]["denoising"])
+    assert max(int(data.val[i][1][-1].sum()) for i in range(len(data.val))) <= 4  # 3 hidden per spot: training's share
