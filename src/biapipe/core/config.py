@@ -199,15 +199,23 @@ def _fill_ndim_defaults(cfg: dict[str, Any]) -> None:
 
 
 def _fill_mode_defaults(cfg: dict[str, Any]) -> None:
-    """Noise2Void trains without batch normalization unless the config names a norm
-    (docs/architecture.md, Restoration: why)."""
-    targets, train = cfg.get("targets"), cfg.get("train")
-    section = targets.get("denoising") if isinstance(targets, dict) else None
-    if cfg.get("workflow") != "denoising" or not isinstance(section, dict) or section.get("mode") != "noise2void":
-        return
-    model = train.setdefault("model", {}) if isinstance(train, dict) else None
-    if isinstance(model, dict):
-        model.setdefault("norm", "none")
+    """The schema's ``x-defaults-when``: a default that holds when other keys have given values
+    (Noise2Void's norm; docs/architecture.md, Defaults live in the schema), unless the config
+    sets the key."""
+    for rule in load_schema().get("x-defaults-when", []):
+        if all(_lookup(cfg, key) == value for key, value in rule["when"].items()):
+            *parents, name = rule["key"].split(".")
+            section = cfg
+            for part in parents:
+                section = section.setdefault(part, {}) if isinstance(section, dict) else None
+            if isinstance(section, dict):
+                section.setdefault(name, copy.deepcopy(rule["default"]))
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg.get(part) if isinstance(cfg, dict) else None
+    return cfg
 
 
 #: An experiment name is one folder under ``results`` (never ".", "..", a path or a line break).
