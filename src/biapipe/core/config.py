@@ -50,8 +50,7 @@ _Validator = _with_defaults(jsonschema.Draft7Validator)
 def validate_config(config: Mapping[str, Any]) -> Section:
     """Return ``config`` with defaults filled in, as read-only sections, or raise ConfigError."""
     cfg = plain(config)
-    _fill_ndim_defaults(cfg)
-    _fill_mode_defaults(cfg)
+    _fill_dependent_defaults(cfg)
     validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.path), list(map(str, e.path))))
     if errors:
@@ -180,28 +179,10 @@ def _to_config_error(err: jsonschema.ValidationError) -> ConfigError:
     return ConfigError(key, err.message)
 
 
-#: Defaults that depend on ndim, which a JSON schema cannot express.
-NDIM_DEFAULTS = {
-    2: {"train": {"patch_size": [128, 128]}, "predict": {"tile_size": [256, 256]}},
-    3: {"train": {"patch_size": [32, 64, 64]}, "predict": {"tile_size": [32, 128, 128]}},
-}
-
-
-def _fill_ndim_defaults(cfg: dict[str, Any]) -> None:
-    ndim = cfg.get("ndim")
-    if ndim not in NDIM_DEFAULTS:
-        return
-    for section, values in NDIM_DEFAULTS[ndim].items():
-        sub = cfg.setdefault(section, {})
-        if isinstance(sub, dict):
-            for key, value in values.items():
-                sub.setdefault(key, list(value))
-
-
-def _fill_mode_defaults(cfg: dict[str, Any]) -> None:
+def _fill_dependent_defaults(cfg: dict[str, Any]) -> None:
     """The schema's ``x-defaults-when``: a default that holds when other keys have given values
-    (Noise2Void's norm; docs/architecture.md, Defaults live in the schema), unless the config
-    sets the key."""
+    (sizes by ndim, Noise2Void's norm; docs/architecture.md, Defaults live in the schema), unless
+    the config sets the key."""
     for rule in load_schema().get("x-defaults-when", []):
         if all(_lookup(cfg, key) == value for key, value in rule["when"].items()):
             *parents, name = rule["key"].split(".")
