@@ -90,8 +90,8 @@ class BlindSpotPatches(_Wrapped):
     """Noise2Void items: (the patch with blind spots, [its target, the 0/1 mask of blind spots]).
 
     ``fixed`` (validation: the same patches and masks every epoch) keeps each item once made (in
-    the process that makes it), as masking runs in Python per blind spot and validation patches
-    are dense with them."""
+    the process that makes it): validation patches are dense with blind spots, and a 3D one
+    takes tens of milliseconds to mask (benchmarks/bench_masking.py)."""
 
     def __init__(self, inner: Any, settings: dict[str, Any], seed: int, stream: int, fixed: bool = False) -> None:
         super().__init__(inner, seed)

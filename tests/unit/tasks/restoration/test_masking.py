@@ -93,3 +93,32 @@ def test_masked_loss_scores_only_the_masked_pixels() -> None:
     assert float(l1) == pytest.approx((1 + 4) / 2)
     with pytest.raises(ValueError, match="SSIM"):
         RestorationLoss(ssim=1.0, masked=True)
+
+
+@pytest.mark.parametrize("shape, structured", [((2, 48, 48), None), ((2, 48, 48), 2), ((1, 10, 20, 20), None)])
+def test_every_replacement_comes_from_the_visible_neighbourhood(shape: tuple[int, ...], structured: int | None) -> None:
+    """Each blind spot (all at once, vectorized) gets, per channel, the median of the pixels
+    within the radius that are not hidden, computed here one spot at a time; with ``neighbour``
+    it gets the values of one such pixel, drawn anew per spot (more than one offset in use)."""
+    image = np.random.default_rng(5).normal(size=shape).astype(np.float32)
+    radius, fraction = 2, 0.05
+    masked, mask = blind_spot(image, (7,), fraction, radius, "median", structured)
+    hidden = np.zeros(shape[1:], dtype=bool)
+    replaced = np.argwhere((mask[0] > 0) | np.any(masked != image, axis=0))  # blind spots and their X neighbours
+    hidden[tuple(replaced.T)] = True
+    assert mask.sum() >= 10
+    for p in replaced:
+        window = tuple(slice(max(c - radius, 0), c + radius + 1) for c in p)
+        visible = image[(slice(None), *window)][:, ~hidden[window]]
+        assert np.allclose(masked[(slice(None), *p)], np.median(visible, axis=1))
+    picked, mask_n = blind_spot(image, (7,), fraction, radius, "neighbour", structured)
+    offsets = set()
+    for p in np.argwhere(mask_n[0] > 0):
+        window = tuple(slice(max(c - radius, 0), c + radius + 1) for c in p)
+        value = picked[(slice(None), *p)].reshape(-1, *[1] * len(p))
+        candidates = np.argwhere(np.all(image[(slice(None), *window)] == value, axis=0))
+        assert len(candidates) == 1, "the values must be those of one pixel of the neighbourhood"
+        source = candidates[0] + np.array([w.start for w in window])
+        assert not hidden[tuple(source)]
+        offsets.add(tuple(source - p))
+    assert len(offsets) > 3

@@ -106,3 +106,14 @@ def test_noise2void_validation_scores_at_least_one_pixel_in_sixteen(tmp_path: Pa
     structured = _config("noise2void", mask_fraction=0.002, structured=1).with_value("train.patch_size", [32, 32])
     data, _ = restoration_datasets(structured, get_task(structured), pair, pair, structured["targets"]["denoising"])
     assert max(int(data.val[i][1][-1].sum()) for i in range(len(data.val))) <= 4  # 3 hidden per spot: training's share
+
+
+def test_noise2void_validation_in_3d_scores_one_voxel_per_3x3x3_cell(tmp_path: Path) -> None:
+    volume = np.random.default_rng(0).random((12, 48, 48, 1)).astype(np.float32)
+    imageio.write_zarr(tmp_path / "v.zarr", volume)
+    cfg = _config("noise2void", mask_fraction=0.002)
+    cfg = cfg.with_value("ndim", 3).with_value("train.patch_size", [6, 24, 24])
+    pair = [(tmp_path / "v.zarr", tmp_path / "v.zarr")]
+    data, _ = restoration_datasets(cfg, get_task(cfg), pair, pair, cfg["targets"]["denoising"])
+    assert {int(data.val[i][1][-1].sum()) for i in range(len(data.val))} == {2 * 8 * 8}  # 1/16 -> cells of 3^3
+    assert max(int(data.train[i][1][-1].sum()) for i in range(len(data.train))) <= 9  # 0.2 %: cells of 8^3, 1 x 3 x 3 of them
