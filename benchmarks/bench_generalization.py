@@ -219,6 +219,57 @@ def run_experiment(folder: Path, cfg: dict[str, Any], code: Path, log: Path) -> 
     return time.perf_counter() - start
 
 
+def score_kept_epochs(folder: Path, experiment: str, code: Path, subsets: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """Pooled scores of the weights of every kept epoch (``--keep-epochs``: ``train.keep_epochs``),
+    each predicted through the workflow with the run's tuned thresholds: in a copy of the run
+    folder (hard links, so cheap; every file the copy rewrites is replaced, never written through
+    the link) whose ``best.pt`` and ``model.pt`` hold that epoch's weights with the originals'
+    times, and whose outputs downstream of the model are removed, so only prediction,
+    post-processing and scoring run again."""
+    import shutil
+
+    import torch
+
+    model = folder / "results" / experiment / "model"
+    rows = []
+    for kept in sorted((model / "epochs").glob("epoch_*.pt")):
+        epoch = int(kept.stem.split("_")[1])
+        copy = folder.with_name(f"{folder.name}~{kept.stem}")
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(folder, copy, copy_function=os.link, ignore=shutil.ignore_patterns(".snakemake", "logs"))
+        shutil.copytree(folder / ".snakemake", copy / ".snakemake")
+        shutil.copytree(folder / "results" / experiment / "logs", copy / "results" / experiment / "logs")
+        out = copy / "results" / experiment
+        for name in ("predictions", "labels", "objects", "metrics", "report"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("metrics.csv", "summary.csv", "report.html"):
+            (out / name).unlink(missing_ok=True)
+        weights = torch.load(kept, map_location="cpu", weights_only=True)["state_dict"]
+        for name in ("best.pt", "model.pt"):
+            ckpt = torch.load(model / name, map_location="cpu", weights_only=True)
+            ckpt.update(state_dict=weights, epoch=epoch)
+            target = out / "model" / name
+            target.unlink()
+            torch.save(ckpt, target)
+            times = (model / name).stat()
+            os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
+        config = (folder / "config.yaml").read_text().replace(str(folder), str(copy))
+        (copy / "config.yaml").unlink()
+        (copy / "config.yaml").write_text(config)
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(code / "workflow" / "Snakefile"), "--directory", str(copy),
+               "--configfile", str(copy / "config.yaml"), "--cores", "2", "--rerun-triggers", "mtime", "input"]
+        with open(copy / "snakemake.log", "w") as handle:
+            proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONPATH": str(code / "src")})
+        if proc.returncode != 0:
+            raise SystemExit(f"workflow failed in {copy}; see {copy / 'snakemake.log'}")
+        metrics = pd.read_csv(out / "metrics.csv")
+        rows += [{"held_out": name, "epoch": epoch, **pooled(metrics[metrics["image"].astype(str).isin(ids)])}
+                 for name, ids in subsets.items()]
+        shutil.rmtree(copy)
+    return rows
+
+
 def pooled(metrics: pd.DataFrame) -> dict[str, float]:
     """F1 at IoU 0.5 and 0.75, precision and recall at 0.5, from TP/FP/FN summed over the images."""
     out: dict[str, float] = {"images": len(metrics)}
@@ -252,7 +303,8 @@ def run_one(args: argparse.Namespace, work: Path, kind: str, name: str, train: l
     folder = work / "runs" / experiment
     sheet = folder / "samples.csv"
     write_sheet(sheet, train, [p for pairs in test.values() for p in pairs])
-    cfg = make_config(args.config, Path(args.code), args.patches, sheet, experiment, args.set)
+    keep = [f"train.keep_epochs={args.keep_epochs}"] if args.keep_epochs else []
+    cfg = make_config(args.config, Path(args.code), args.patches, sheet, experiment, args.set + keep)
     wall = run_experiment(folder, cfg, Path(args.code), folder / "snakemake.log")
     subsets = {k: [Path(i).stem for i, _ in pairs] for k, pairs in test.items()}
     with open(work / "results.jsonl", "a") as handle:
@@ -261,6 +313,12 @@ def run_one(args: argparse.Namespace, work: Path, kind: str, name: str, train: l
                    "overrides": args.set, **row}
             handle.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
+    if args.keep_epochs:
+        with open(work / "epochs.jsonl", "a") as handle:
+            for row in score_kept_epochs(folder, experiment, Path(args.code), subsets):
+                row = {"config": label, "kind": kind, "budget_patches": args.patches, "overrides": args.set, **row}
+                handle.write(json.dumps(row) + "\n")
+                print(json.dumps(row), flush=True)
 
 
 def table(work: Path) -> str:
@@ -287,6 +345,18 @@ def table(work: Path) -> str:
     return "\n".join(lines)
 
 
+def epochs_table(work: Path) -> str:
+    """Markdown table of the kept epochs' scores (``--keep-epochs``), the last run of each."""
+    rows = [json.loads(line) for line in (work / "epochs.jsonl").read_text().splitlines() if line.strip()]
+    df = pd.DataFrame(rows).drop_duplicates(["config", "kind", "held_out", "budget_patches", "epoch"], keep="last")
+    lines = ["| config | budget (patches) | test set | weights after epoch | F1@0.5 | F1@0.75 | precision@0.5 "
+             "| recall@0.5 |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in df.sort_values(["budget_patches", "kind", "held_out", "config", "epoch"], kind="stable").to_dict("records"):
+        lines.append(f"| {r['config']} | {r['budget_patches']:,} | {r['kind']}: {r['held_out']} | {r['epoch']} "
+                     f"| {r['f1@0.5']:.3f} | {r['f1@0.75']:.3f} | {r['precision@0.5']:.3f} | {r['recall@0.5']:.3f} |")
+    return "\n".join(lines)
+
+
 def check_label(label: str, code: Path) -> None:
     """Stop before any run when ``label`` cannot start an experiment name of ``code``'s schema."""
     schema = yaml.safe_load((code / "src" / "biapipe" / "schemas" / "config.schema.yaml").read_text())
@@ -305,6 +375,9 @@ def main() -> None:
     parser.add_argument("--code", default=str(REPO), help="checkout whose workflow runs (default: this one)")
     parser.add_argument("--workdir", default=str(REPO / "results" / "bench_generalization"))
     parser.add_argument("--set", action="append", default=[], help="override a config key: a.b.c=value (YAML)")
+    parser.add_argument("--keep-epochs", type=int, default=0, help="keep the weights of every N-th epoch "
+                        "(train.keep_epochs) and score each on the test sets with the run's tuned thresholds "
+                        "(to WORKDIR/epochs.jsonl)")
     parser.add_argument("--table", action="store_true", help="print the table of the results so far")
     args = parser.parse_args()
     check_label(args.label or args.config, Path(args.code))
@@ -317,6 +390,8 @@ def main() -> None:
             print(f"| {name} | {int((images['group'] == name).sum())} | {text} |")
         print(f"\nStarDist demo image (left out): {stardist_overlap(work)}\n")
         print(table(work))
+        if (work / "epochs.jsonl").exists():
+            print("\n" + epochs_table(work))
         return
     pair = {r.image: (DSB / "images" / r.image, DSB / "labels" / r.image) for r in images.itertuples()}
     groups = list(GROUPS) if args.groups == "all" else [g for g in args.groups.split(",") if g]

@@ -142,9 +142,13 @@ TRAIN_RUNTIME_KEYS = ("device", "threads", "num_workers", "gpus", "memory_gb")
 TRAIN_PLANNING_KEYS = ("plan", "budget_minutes")
 
 
+#: train.* keys that only add files beside the trained weights.
+TRAIN_OUTPUT_KEYS = ("keep_epochs",)
+
+
 def training_keys(train: Mapping[str, Any]) -> dict[str, Any]:
-    """train.* that determines the trained weights: without runtime and planning keys and debug samples."""
-    out = {k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS + TRAIN_PLANNING_KEYS}
+    """train.* that determines the trained weights: without runtime, planning and output keys and debug samples."""
+    out = {k: v for k, v in train.items() if k not in TRAIN_RUNTIME_KEYS + TRAIN_PLANNING_KEYS + TRAIN_OUTPUT_KEYS}
     if isinstance(out.get("augment"), Mapping):
         out["augment"] = {k: v for k, v in out["augment"].items() if k != "debug_samples"}
     return out

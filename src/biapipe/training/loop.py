@@ -34,7 +34,7 @@ from ..data.sources import PathPair
 from ..models.info import model_meta
 from ..models.registry import build_model, count_parameters
 from .init import Freeze, fine_tuning, load_init
-from .outputs import HISTORY_COLUMNS, monitored_row, write_outputs
+from .outputs import HISTORY_COLUMNS, EpochKeeper, monitored_row, write_outputs
 from .runtime import memory_format, resolve_amp, seed_everything, torch_settings
 from .schedules import (
     current_lr,
@@ -226,12 +226,16 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
         resume_path = out_dir / "checkpoint" / "resume.pt"
         try_resume(resume_path, run, fp, log)
         resumed_from = run.state.epoch
+        keeper = EpochKeeper(out_dir / "epochs", int(tcfg["keep_epochs"]), spec, task.name, monitor, model_meta(cfg),
+                             getattr(data, "meta", {})) if main else None
+        if keeper is not None and resumed_from == 0:
+            keeper.start_fresh()
         if ddp is not None:
             ddp.wrap(model, device)
         log.info("training %dD %s (%d parameters) on %s: %d training, %d validation images", spec["ndim"],
                  spec["arch"], count_parameters(model), device, len(train_pairs), len(val_pairs))
         finished = _run_epochs(run, data, loss_fn, cfg, task, monitor, resume_path, fp, log, max_epochs_this_call,
-                               ddp)
+                               ddp, keeper)
         best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
             if run.state.history else (math.nan, math.nan)
         if finished and main:
@@ -275,7 +279,7 @@ def write_debug_samples(dataset: Any, cfg: dict[str, Any], out_dir: Path, log: l
 
 def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], task: Trainable, monitor: str,
                 resume_path: Path, fp: str, log: logging.Logger, max_epochs_this_call: int | None,
-                ddp: Any = None) -> bool:
+                ddp: Any = None, keeper: EpochKeeper | None = None) -> bool:
     """Run epochs until the last one, early stopping, or the per-call limit; True when training is over.
 
     ``ddp`` (a :class:`biapipe.ddp.Rank`) trains on this rank's slices, validates on rank 0,
@@ -324,6 +328,8 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], ta
                      es["patience"])
         if ddp is None or ddp.main:
             save_resume(resume_path, run, fp)
+        if keeper is not None:
+            keeper.after_epoch(run)
         ran += 1
     return True
 

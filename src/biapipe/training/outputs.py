@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,25 @@ def write_outputs(out_dir: Path, run: Any, spec: dict[str, Any], workflow: str, 
                                                          workflow, monitor, last_value, config, data))
     write_history(out_dir / "history.csv", state.history)
     plot_history(out_dir / "training_curve.png", state.history, state.best_epoch, monitor)
+
+
+class EpochKeeper:
+    """``train.keep_epochs``: the weights after every N-th epoch, as ``folder/epoch_NNNN.pt``."""
+
+    def __init__(self, folder: Path, every: int, spec: dict[str, Any], workflow: str, monitor: str,
+                 config: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
+        self.folder, self.every = folder, int(every)
+        self.spec, self.workflow, self.monitor, self.config, self.data = spec, workflow, monitor, config, data
+
+    def start_fresh(self) -> None:
+        """A run that starts from epoch 0 leaves no epochs of an earlier run behind."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def after_epoch(self, run: Any) -> None:
+        state = run.state
+        if self.every <= 0 or state.epoch % self.every:
+            return
+        loss, value = monitored_row(state.history, state.epoch, self.monitor)
+        save_checkpoint(self.folder / f"epoch_{state.epoch:04d}.pt",
+                        checkpoint_dict(self.spec, cpu_state(run.model), state.epoch, loss, self.workflow,
+                                        self.monitor, value, self.config, self.data))

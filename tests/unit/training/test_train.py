@@ -19,6 +19,7 @@ from biapipe.tasks.base import Task
 from biapipe.training.launch import train as launch_train
 from biapipe.training.loop import train_model
 from biapipe.training.losses import CrossEntropyDiceLoss
+from biapipe.training.state import fingerprint
 
 
 class BinaryTask(Task):
@@ -189,6 +190,32 @@ def test_killed_and_resumed_run_matches_uninterrupted(reference_run: tuple[Path,
     assert_same_weights(out / "last.pt", tmp_path / "last.pt")
     pd.testing.assert_frame_equal(history(out), history(tmp_path))
     assert not (tmp_path / "checkpoint" / "resume.pt").exists()
+
+
+def test_kept_epochs_are_the_weights_of_those_epochs_and_change_nothing_else(
+        reference_run: tuple[Path, dict], data: dict, tmp_path: Path) -> None:
+    out, _ = reference_run
+    cfg = config(model={"depth": 2, "width": 4, "dropout": 0.2}, augment=ALL_AUGMENTATIONS, keep_epochs=3)
+    stale = tmp_path / "epochs" / "epoch_0099.pt"
+    stale.parent.mkdir()
+    stale.write_bytes(b"an earlier run's")
+    train(cfg, data, tmp_path, max_epochs_this_call=6)
+    assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == ["epoch_0003.pt", "epoch_0006.pt"]
+    resume = torch.load(tmp_path / "checkpoint" / "resume.pt", weights_only=True)["model"]
+    kept = state_of(tmp_path / "epochs" / "epoch_0006.pt")
+    assert all(torch.equal(resume[k], kept[k]) for k in resume)
+    third = (tmp_path / "epochs" / "epoch_0003.pt").read_bytes()
+    train(cfg, data, tmp_path)  # resumed: the epochs kept so far stay
+    assert sorted(p.name for p in (tmp_path / "epochs").iterdir()) == ["epoch_0003.pt", "epoch_0006.pt",
+                                                                        "epoch_0009.pt"]
+    assert (tmp_path / "epochs" / "epoch_0003.pt").read_bytes() == third
+    model, ninth = load_checkpoint(tmp_path / "epochs" / "epoch_0009.pt")
+    assert ninth["epoch"] == 9 and ninth["val_loss"] == pytest.approx(history(out)["val_loss"].iloc[8])
+    assert not all(torch.equal(v, state_of(out / "last.pt")[k]) for k, v in ninth["state_dict"].items())
+    # keeping epochs changes neither the training nor its identity
+    assert_same_weights(out / "best.pt", tmp_path / "best.pt")
+    assert_same_weights(out / "last.pt", tmp_path / "last.pt")
+    assert fingerprint(cfg, data["train"], data["val"]) == fingerprint(reference_config(), data["train"], data["val"])
 
 
 def test_resume_file_of_another_config_is_ignored(data: dict, tmp_path: Path,
