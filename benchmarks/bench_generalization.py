@@ -43,6 +43,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -221,52 +222,53 @@ def run_experiment(folder: Path, cfg: dict[str, Any], code: Path, log: Path) -> 
 
 def score_kept_epochs(folder: Path, experiment: str, code: Path, subsets: dict[str, list[str]]) -> list[dict[str, Any]]:
     """Pooled scores of the weights of every kept epoch (``--keep-epochs``: ``train.keep_epochs``),
-    each predicted through the workflow with the run's tuned thresholds: in a copy of the run
-    folder (hard links, so cheap; every file the copy rewrites is replaced, never written through
-    the link) whose ``best.pt`` and ``model.pt`` hold that epoch's weights with the originals'
-    times, and whose outputs downstream of the model are removed, so only prediction,
-    post-processing and scoring run again."""
-    import shutil
-
+    each predicted through the workflow with the run's tuned thresholds: in a twin of the run
+    folder whose inputs are hard links (cheap) and whose every file the workflow may write is a
+    file of its own (logs, Snakemake's records and benchmark tables copied, outputs downstream
+    of the model removed), and whose ``best.pt`` and ``model.pt`` hold that epoch's weights with
+    the originals' times, so only prediction, post-processing and scoring run again (a log that
+    shows training or tuning stops the benchmark)."""
     import torch
 
-    model = folder / "results" / experiment / "model"
+    out = folder / "results" / experiment
     rows = []
-    for kept in sorted((model / "epochs").glob("epoch_*.pt")):
+    for kept in sorted((out / "model" / "epochs").glob("epoch_*.pt")):
         epoch = int(kept.stem.split("_")[1])
-        copy = folder.with_name(f"{folder.name}~{kept.stem}")
-        shutil.rmtree(copy, ignore_errors=True)
-        shutil.copytree(folder, copy, copy_function=os.link, ignore=shutil.ignore_patterns(".snakemake", "logs"))
-        shutil.copytree(folder / ".snakemake", copy / ".snakemake")
-        shutil.copytree(folder / "results" / experiment / "logs", copy / "results" / experiment / "logs")
-        out = copy / "results" / experiment
+        twin = folder.with_name(f"{folder.name}~{kept.stem}")
+        shutil.rmtree(twin, ignore_errors=True)
+        own = (".snakemake", "logs", "benchmarks", "snakemake.log", "config.yaml")
+        shutil.copytree(folder, twin, copy_function=os.link, ignore=shutil.ignore_patterns(*own))
+        for name in (".snakemake", f"results/{experiment}/logs", f"results/{experiment}/benchmarks"):
+            shutil.copytree(folder / name, twin / name)
+        twin_out = twin / "results" / experiment
         for name in ("predictions", "labels", "objects", "metrics", "report"):
-            shutil.rmtree(out / name, ignore_errors=True)
+            shutil.rmtree(twin_out / name, ignore_errors=True)
         for name in ("metrics.csv", "summary.csv", "report.html"):
-            (out / name).unlink(missing_ok=True)
-        weights = torch.load(kept, map_location="cpu", weights_only=True)["state_dict"]
+            (twin_out / name).unlink(missing_ok=True)
+        weights = torch.load(kept, map_location="cpu", weights_only=True)
         for name in ("best.pt", "model.pt"):
-            ckpt = torch.load(model / name, map_location="cpu", weights_only=True)
-            ckpt.update(state_dict=weights, epoch=epoch)
-            target = out / "model" / name
+            ckpt = torch.load(out / "model" / name, map_location="cpu", weights_only=True)
+            ckpt.update({k: weights[k] for k in ("state_dict", "epoch", "val_loss", "monitor_value")})
+            target = twin_out / "model" / name
             target.unlink()
             torch.save(ckpt, target)
-            times = (model / name).stat()
+            times = (out / "model" / name).stat()
             os.utime(target, ns=(times.st_atime_ns, times.st_mtime_ns))
-        config = (folder / "config.yaml").read_text().replace(str(folder), str(copy))
-        (copy / "config.yaml").unlink()
-        (copy / "config.yaml").write_text(config)
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(code / "workflow" / "Snakefile"), "--directory", str(copy),
-               "--configfile", str(copy / "config.yaml"), "--cores", "2", "--rerun-triggers", "mtime", "input"]
-        with open(copy / "snakemake.log", "w") as handle:
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        cfg["data"]["samples"] = str(twin / Path(cfg["data"]["samples"]).relative_to(folder))
+        (twin / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(code / "workflow" / "Snakefile"), "--directory", str(twin),
+               "--configfile", str(twin / "config.yaml"), "--cores", "2", "--rerun-triggers", "mtime", "input"]
+        log = twin / "snakemake.log"
+        with open(log, "w") as handle:
             proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT,
                                   env={**os.environ, "PYTHONPATH": str(code / "src")})
-        if proc.returncode != 0:
-            raise SystemExit(f"workflow failed in {copy}; see {copy / 'snakemake.log'}")
-        metrics = pd.read_csv(out / "metrics.csv")
+        if proc.returncode != 0 or re.search(r"^(local)?rule (train|train_inputs|tune|prepare|predict_for_tuning):", log.read_text(), flags=re.M):
+            raise SystemExit(f"scoring epoch {epoch} failed or trained again in {twin}; see {log}")
+        metrics = pd.read_csv(twin_out / "metrics.csv")
         rows += [{"held_out": name, "epoch": epoch, **pooled(metrics[metrics["image"].astype(str).isin(ids)])}
                  for name, ids in subsets.items()]
-        shutil.rmtree(copy)
+        shutil.rmtree(twin)
     return rows
 
 

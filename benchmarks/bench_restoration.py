@@ -215,10 +215,10 @@ def classical(method: str) -> dict[str, Any]:
 
 
 def linear_sr(sr: Path, size: int = 11) -> dict[str, Any]:
-    """The best linear x2 super-resolution for this data: for each of the four output pixels of a
-    low-resolution pixel, one ``size`` x ``size`` filter of its low-resolution neighbourhood (and
-    an offset), fitted by least squares on the training fields (not fov17/18/19). It bounds what
-    the degradation leaves to a linear method; what a network gains beyond it is non-linear."""
+    """The best ``size`` x ``size`` linear x2 super-resolution for this data: for each of the four
+    output pixels of a low-resolution pixel, one filter of its low-resolution neighbourhood (and
+    an offset), fitted by least squares on the training fields (not fov17/18/19). A network's gain
+    beyond it is what non-linearity adds."""
     def windows(low: np.ndarray) -> np.ndarray:
         r = size // 2
         padded = np.pad(low.astype(np.float64), r, mode="reflect")

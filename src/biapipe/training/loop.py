@@ -226,10 +226,11 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
         resume_path = out_dir / "checkpoint" / "resume.pt"
         try_resume(resume_path, run, fp, log)
         resumed_from = run.state.epoch
-        keeper = EpochKeeper(out_dir / "epochs", int(tcfg["keep_epochs"]), spec, task.name, monitor, model_meta(cfg),
-                             getattr(data, "meta", {})) if main else None
+        meta, data_meta = model_meta(cfg), getattr(data, "meta", {})
+        keeper = EpochKeeper(out_dir / "epochs", int(tcfg["keep_epochs"]), spec, task.name, monitor, meta,
+                             data_meta) if main else None
         if keeper is not None and resumed_from == 0:
-            keeper.start_fresh()
+            keeper.start_fresh(tcfg["init"])
         if ddp is not None:
             ddp.wrap(model, device)
         log.info("training %dD %s (%d parameters) on %s: %d training, %d validation images", spec["ndim"],
@@ -239,7 +240,7 @@ def train_model(cfg: dict[str, Any], task: Trainable, train_pairs: Sequence[Path
         best_loss, best_value = monitored_row(run.state.history, run.state.best_epoch, monitor) \
             if run.state.history else (math.nan, math.nan)
         if finished and main:
-            write_outputs(out_dir, run, spec, task.name, monitor, model_meta(cfg), getattr(data, "meta", {}))
+            write_outputs(out_dir, run, spec, task.name, monitor, meta, data_meta)
             resume_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 resume_path.parent.rmdir()
@@ -326,10 +327,10 @@ def _run_epochs(run: Run, data: Any, loss_fn: nn.Module, cfg: dict[str, Any], ta
         if run.state.stopped:
             log.info("early stopping: no %s improvement above %g for %d epochs", monitor, es["min_delta"],
                      es["patience"])
-        if ddp is None or ddp.main:
-            save_resume(resume_path, run, fp)
         if keeper is not None:
             keeper.after_epoch(run)
+        if ddp is None or ddp.main:
+            save_resume(resume_path, run, fp)
         ran += 1
     return True
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..core.errors import ConfigError
 from ..core.imageio import atomic_path, write_csv
 from ..models.checkpoint import checkpoint_dict, save_checkpoint
 from .scoring import SCORE_MONITORS
@@ -85,14 +86,20 @@ class EpochKeeper:
 
     def __init__(self, folder: Path, every: int, spec: dict[str, Any], workflow: str, monitor: str,
                  config: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
-        self.folder, self.every = folder, int(every)
+        self.folder, self.every = folder, every
         self.spec, self.workflow, self.monitor, self.config, self.data = spec, workflow, monitor, config, data
 
-    def start_fresh(self) -> None:
-        """A run that starts from epoch 0 leaves no epochs of an earlier run behind."""
+    def start_fresh(self, init: str | None) -> None:
+        """A run that starts from epoch 0 leaves no epochs of an earlier run behind (they would
+        pass for this run's), unless it starts from one of them (``train.init``)."""
+        if init and self.folder.resolve() in Path(init).resolve().parents:
+            raise ConfigError("train.init", f"{init} lies in {self.folder}, which a fresh run of this experiment "
+                                            "empties; copy it elsewhere first")
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def after_epoch(self, run: Any) -> None:
+        """Keep the weights of the epoch just run when it is an N-th one (before the resume file
+        says the epoch is done, so a job killed in between keeps it on its next call)."""
         state = run.state
         if self.every <= 0 or state.epoch % self.every:
             return

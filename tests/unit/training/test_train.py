@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from biapipe.core.config import validate_config
-from biapipe.core.errors import InputError
+from biapipe.core.errors import ConfigError, InputError
 from biapipe.core.imageio import read_array, write_zarr
 from biapipe.models.checkpoint import load_checkpoint
 from biapipe.tasks.base import Task
@@ -218,6 +218,17 @@ def test_kept_epochs_are_the_weights_of_those_epochs_and_change_nothing_else(
     assert fingerprint(cfg, data["train"], data["val"]) == fingerprint(reference_config(), data["train"], data["val"])
 
 
+def test_a_fresh_run_refuses_to_start_from_a_kept_epoch_it_would_delete(
+        reference_run: tuple[Path, dict], data: dict, tmp_path: Path) -> None:
+    out, _ = reference_run
+    inside = tmp_path / "epochs" / "epoch_0003.pt"
+    inside.parent.mkdir()
+    inside.write_bytes((out / "best.pt").read_bytes())
+    with pytest.raises(ConfigError, match="train.init"):
+        train(config(keep_epochs=1, init=str(inside)), data, tmp_path)
+    assert inside.exists()
+
+
 def test_resume_file_of_another_config_is_ignored(data: dict, tmp_path: Path,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     train(config(epochs=2), data, tmp_path, max_epochs_this_call=1)
@@ -298,7 +309,6 @@ def test_3d_training_runs_and_checkpoint_rebuilds(tmp_path: Path) -> None:
 
 from torch import nn  # noqa: E402
 
-from biapipe.core.errors import ConfigError  # noqa: E402
 from biapipe.tasks import get_task  # noqa: E402
 from biapipe.training.loop import Run  # noqa: E402
 from biapipe.training.schedules import cosine_factor, make_scheduler, onecycle_factor  # noqa: E402

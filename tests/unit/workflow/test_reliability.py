@@ -82,6 +82,8 @@ def test_rule_parameters_do_not_depend_on_key_order_or_spelled_out_defaults() ->
     assert rerun_key(a["data"]["demo"]) == rerun_key(b["data"]["demo"])
     changed = validate_config({**given, "train": {**given["train"], "epochs": 4}})
     assert smk.train_params(changed) != smk.train_params(a)
+    kept = validate_config({**given, "train": {**given["train"], "keep_epochs": 1}})
+    assert smk.train_params(kept) == smk.train_params(a)  # an output-only key: never retrains
 
 
 def test_another_workflows_target_settings_never_retrain() -> None:

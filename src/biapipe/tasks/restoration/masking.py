@@ -16,7 +16,6 @@ Masks are a pure function of a key (seed, stream, epoch, index), like the patche
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,29 +59,40 @@ def blind_spot(image: np.ndarray, key: Key, fraction: float, radius: int, replac
     return masked, mask
 
 
+#: Blind spots x neighbourhood entries gathered at once: bounds the memory of one gather (about
+#: 100 MB with a radius of 8 in 3D) whatever the patch and share.
+GATHER_ENTRIES = 2**21
+
+
 def replacements(image: np.ndarray, hidden: np.ndarray, points: np.ndarray, radius: int, replace: str,
                  rng: np.random.Generator) -> np.ndarray:
     """C x n values for the hidden ``points`` (n x ndim), each from the visible pixels of its
-    neighbourhood within ``radius`` (all points at once: one array operation per step, not per
-    blind spot); 0 where everything around a point is hidden (dense structured masks)."""
+    neighbourhood within ``radius``; 0 where everything around a point is hidden (dense
+    structured masks). Array operations over many points at a time, not a loop per point: a
+    validation patch holds thousands of blind spots (benchmarks/bench_masking.py)."""
     # flat indices into copies padded by ``radius`` (the rim counts as hidden): one 1D gather
-    padded_hidden = np.pad(hidden, radius, constant_values=True)
-    padded = np.pad(image, [(0, 0)] + [(radius, radius)] * hidden.ndim)
+    padded_hidden = np.pad(hidden, radius, constant_values=True).ravel()
+    shape = tuple(n + 2 * radius for n in hidden.shape)
+    padded = np.pad(image, [(0, 0)] + [(radius, radius)] * hidden.ndim).reshape(image.shape[0], -1)
     steps = np.arange(-radius, radius + 1)
     offsets = np.stack(np.meshgrid(*[steps] * hidden.ndim, indexing="ij"), axis=-1).reshape(-1, hidden.ndim)
-    flat_offsets = np.ravel_multi_index((offsets + radius).T, padded_hidden.shape)
-    flat_offsets -= np.ravel_multi_index([radius] * hidden.ndim, padded_hidden.shape)
-    where = np.ravel_multi_index((points + radius).T, padded_hidden.shape)[:, None] + flat_offsets[None, :]  # n x k
-    visible = ~padded_hidden.ravel()[where]
-    values = padded.reshape(image.shape[0], -1)[:, where]  # C x n x k
-    any_visible = visible.any(axis=1)
-    if replace == "median":
-        with warnings.catch_warnings():  # a point with no visible neighbour: NaN, set to 0 below
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out = np.nanmedian(np.where(visible[None], values, np.nan), axis=2)
-    else:  # one visible neighbour per point, uniformly: the largest of uniform draws among the visible
-        pick = np.argmax(np.where(visible, rng.random(visible.shape), -1.0), axis=1)
-        out = np.take_along_axis(values, pick[None, :, None], axis=2)[..., 0]
-    out[:, ~any_visible] = 0
-    return out.astype(image.dtype, copy=False)
-
+    flat_offsets = np.ravel_multi_index((offsets + radius).T, shape) - np.ravel_multi_index([radius] * hidden.ndim, shape)
+    centres = np.ravel_multi_index((points + radius).T, shape) if len(points) else np.zeros(0, dtype=np.intp)
+    step = max(1, GATHER_ENTRIES // len(flat_offsets))
+    out = np.zeros((image.shape[0], len(points)), dtype=np.float64)
+    for start in range(0, len(points), step):
+        where = centres[start:start + step, None] + flat_offsets[None, :]  # n x k
+        visible = ~padded_hidden[where]
+        values = padded[:, where].astype(np.float64)  # C x n x k
+        count = visible.sum(axis=1)
+        if replace == "median":  # hidden entries sort last; the median of the first `count`
+            ranked = np.sort(np.where(visible[None], values, np.inf), axis=2)
+            low = np.take_along_axis(ranked, np.maximum(count - 1, 0)[None, :, None] // 2, axis=2)[..., 0]
+            high = np.take_along_axis(ranked, (count // 2)[None, :, None], axis=2)[..., 0]
+            chunk = (low + high) / 2
+        else:  # one visible neighbour per point, uniformly: the largest of uniform draws among the visible
+            pick = np.argmax(np.where(visible, rng.random(visible.shape), -1.0), axis=1)
+            chunk = np.take_along_axis(values, pick[None, :, None], axis=2)[..., 0]
+        chunk[:, count == 0] = 0
+        out[:, start:start + step] = chunk
+    return out.astype(image.dtype)

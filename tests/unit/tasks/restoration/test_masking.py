@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from biapipe.tasks.restoration.data import BlindSpotPatches
-from biapipe.tasks.restoration.masking import blind_spot, grid_positions
+from biapipe.tasks.restoration.masking import blind_spot, grid_positions, replacements
 from biapipe.training.losses import RestorationLoss
 
 SETTINGS = {"mask_fraction": 0.02, "mask_radius": 2, "replace": "neighbour", "structured": None}
@@ -104,9 +104,14 @@ def test_every_replacement_comes_from_the_visible_neighbourhood(shape: tuple[int
     radius, fraction = 2, 0.05
     masked, mask = blind_spot(image, (7,), fraction, radius, "median", structured)
     hidden = np.zeros(shape[1:], dtype=bool)
-    replaced = np.argwhere((mask[0] > 0) | np.any(masked != image, axis=0))  # blind spots and their X neighbours
-    hidden[tuple(replaced.T)] = True
+    for d in range(-(structured or 0), (structured or 0) + 1):  # the blind spots and their X neighbours
+        moved = np.argwhere(mask[0] > 0)
+        moved[:, -1] += d
+        moved = moved[(moved[:, -1] >= 0) & (moved[:, -1] < shape[-1])]
+        hidden[tuple(moved.T)] = True
+    replaced = np.argwhere(hidden)
     assert mask.sum() >= 10
+    assert np.array_equal(np.any(masked != image, axis=0), hidden)  # exactly those pixels are replaced
     for p in replaced:
         window = tuple(slice(max(c - radius, 0), c + radius + 1) for c in p)
         visible = image[(slice(None), *window)][:, ~hidden[window]]
@@ -122,3 +127,15 @@ def test_every_replacement_comes_from_the_visible_neighbourhood(shape: tuple[int
         assert not hidden[tuple(source)]
         offsets.add(tuple(source - p))
     assert len(offsets) > 3
+
+
+@pytest.mark.parametrize("replace", ["neighbour", "median"])
+def test_a_blind_spot_with_nothing_visible_around_gets_zero(replace: str) -> None:
+    image = np.full((2, 5, 5), 7.0, dtype=np.float32)
+    hidden = np.ones((5, 5), dtype=bool)
+    hidden[0, 0] = False  # visible, but outside the radius of (3, 3)
+    points = np.array([[3, 3], [1, 1]])
+    values = replacements(image, hidden, points, 1, replace, np.random.default_rng(0))
+    assert values.shape == (2, 2)
+    assert np.array_equal(values[:, 0], [0, 0])  # nothing visible within 1 of (3, 3)
+    assert np.array_equal(values[:, 1], [7, 7])  # (0, 0) is within 1 of (1, 1)
