@@ -64,6 +64,13 @@ def monitored_row(history: list[dict[str, float]], epoch: int, monitor: str) -> 
     return float(loss), float(value)
 
 
+def current_checkpoint(run: Any, spec: dict[str, Any], workflow: str, monitor: str,
+                       config: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint of the weights after the epoch just run (last.pt, a kept epoch)."""
+    loss, value = monitored_row(run.state.history, run.state.epoch, monitor)
+    return checkpoint_dict(spec, cpu_state(run.model), run.state.epoch, loss, workflow, monitor, value, config, data)
+
+
 def write_outputs(out_dir: Path, run: Any, spec: dict[str, Any], workflow: str, monitor: str,
                   config: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> None:
     """best.pt, last.pt, history.csv and training_curve.png of a finished run; the checkpoints
@@ -72,11 +79,9 @@ def write_outputs(out_dir: Path, run: Any, spec: dict[str, Any], workflow: str, 
     state = run.state
     best_state = state.best_state if state.best_state is not None else cpu_state(run.model)
     best_loss, best_value = monitored_row(state.history, state.best_epoch, monitor)
-    last_loss, last_value = monitored_row(state.history, state.epoch, monitor)
     save_checkpoint(out_dir / "best.pt", checkpoint_dict(spec, best_state, state.best_epoch, best_loss, workflow,
                                                          monitor, best_value, config, data))
-    save_checkpoint(out_dir / "last.pt", checkpoint_dict(spec, cpu_state(run.model), state.epoch, last_loss,
-                                                         workflow, monitor, last_value, config, data))
+    save_checkpoint(out_dir / "last.pt", current_checkpoint(run, spec, workflow, monitor, config, data))
     write_history(out_dir / "history.csv", state.history)
     plot_history(out_dir / "training_curve.png", state.history, state.best_epoch, monitor)
 
@@ -103,7 +108,5 @@ class EpochKeeper:
         state = run.state
         if self.every <= 0 or state.epoch % self.every:
             return
-        loss, value = monitored_row(state.history, state.epoch, self.monitor)
         save_checkpoint(self.folder / f"epoch_{state.epoch:04d}.pt",
-                        checkpoint_dict(self.spec, cpu_state(run.model), state.epoch, loss, self.workflow,
-                                        self.monitor, value, self.config, self.data))
+                        current_checkpoint(run, self.spec, self.workflow, self.monitor, self.config, self.data))
