@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -16,6 +17,26 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_wait_for_an_absent_slurm_controller(tmp_path_factory: pytest.TempPathFactory):
+    """Every Snakemake start imports the SLURM executor plugin, which asks ``scontrol show config``
+    for a setting and waits up to 10 s when the SLURM client is installed but no controller
+    answers (a development machine between ``make slurm-up`` runs). Then the workflow tests'
+    Snakemake processes find an ``scontrol`` that fails at once; with a cluster up (CI) nothing
+    changes, and the SLURM tests run against the real one."""
+    if shutil.which("scontrol") is None or subprocess.run(["scontrol", "ping"], capture_output=True,
+                                                          timeout=30).returncode == 0:
+        yield
+        return
+    stub = tmp_path_factory.mktemp("no_slurm") / "scontrol"
+    stub.write_text("#!/bin/sh\nexit 1\n")
+    stub.chmod(0o755)
+    old = os.environ["PATH"]
+    os.environ["PATH"] = f"{stub.parent}{os.pathsep}{old}"
+    yield
+    os.environ["PATH"] = old
 
 
 def write_tif(path: Path, arr: np.ndarray) -> Path:

@@ -36,6 +36,9 @@ def predict(model: str | Path, image: np.ndarray, *, axes: str | None = None, pr
     ``{"postprocess": {"threshold": 0.3}}``, ``{"predict": {"tile_size": [512, 512]}}``;
     ``workflow`` is needed for a package that does not say its own).
     """
+    if isinstance(image, (str, Path)):
+        raise InputError(image, "biapipe.predict takes an image array, not a file name: read the file first "
+                                "(e.g. tifffile.imread), or predict files with `biapipe predict MODEL FILES --out DIR`")
     given = merge({"experiment": "predict", "model": str(model), "data": {"test": {"images": "."}}}, config or {})
     cfg = config_with_model(given)
     task = get_task(cfg)

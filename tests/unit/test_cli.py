@@ -125,3 +125,13 @@ def test_classes_option_is_per_workflow(tmp_path, capsys):
 def test_summary_of_a_run_that_has_not_finished(tmp_path, capsys):
     assert main(["summary", str(tmp_path)]) == 2
     assert f"{tmp_path}/config.yaml: not found" in capsys.readouterr().err
+
+
+def test_predict_with_a_missing_model_writes_nothing(tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    tifffile.imwrite(images / "x.tif", np.zeros((8, 8), np.uint8))
+    out = tmp_path / "run"
+    assert main(["predict", str(tmp_path / "absent.pt"), str(images), "--out", str(out)]) == 2
+    assert f"{tmp_path / 'absent.pt'}: model not found" in capsys.readouterr().err
+    assert not out.exists()

@@ -32,7 +32,7 @@ MAX_SIDE = {2: (2048, 2048), 3: (64, 512, 512)}
 #: Bump when the per-image numbers change meaning: cached entries of another version are recomputed.
 VERSION = 1
 
-ObjectStats = Callable[[np.ndarray], "dict[str, float] | None"]
+ObjectStats = Callable[[np.ndarray, str], "dict[str, float] | None"]  # (label crop, its file for errors)
 
 
 def sample_ids(ids: Sequence[str], n: int = SAMPLE) -> list[str]:
@@ -56,7 +56,7 @@ def image_record(sample: Sample, ndim: int, axes: str | None, objects: ObjectSta
                               "objects": None}
     if objects is not None and sample.label is not None:
         label = open_lazy(sample.label, ndim)
-        record["objects"] = objects(read_region(label, region, sample.label)[..., 0])
+        record["objects"] = objects(read_region(label, region, sample.label)[..., 0], sample.label)
     return record
 
 

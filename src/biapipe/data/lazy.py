@@ -173,7 +173,8 @@ def _open_tiff_source(path: Path) -> Any:
     try:
         return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
     except Exception as exc:
-        raise InputError(path, f"cannot read TIFF lazily ({type(exc).__name__}: {exc})") from exc
+        raise InputError(path, f"cannot read TIFF ({type(exc).__name__}: {exc}): the file is damaged or not a "
+                               "TIFF; re-export or replace it") from exc
 
 
 # --------------------------------------------------------------------------- chunk budget

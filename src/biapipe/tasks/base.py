@@ -274,8 +274,8 @@ class Task(GalleryHooks):
         return None
 
     # ------------------------------------------------------------------ planning (train.plan: auto)
-    def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
-        """Planning's measures of one (Z)YX ground truth crop (``data.scale.object_stats``); None: nothing."""
+    def label_stats(self, label: np.ndarray, path: str | Path | None = None) -> dict[str, float] | None:
+        """Planning's measures of one (Z)YX crop of the label file ``path`` (``data.scale.object_stats``)."""
         return None
 
     def planned(self, fingerprint: dict[str, Any] | None, cfg: dict[str, Any],

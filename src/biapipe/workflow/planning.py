@@ -217,7 +217,8 @@ class Planner:
         if self.is_free("train.patches_per_epoch"):
             per_epoch = _pow2(total / TARGET_EPOCHS, max(64, batch), 1024)
             self.choose("train.patches_per_epoch", per_epoch,
-                        f"about {TARGET_EPOCHS} epochs of a power-of-two number of patches")
+                        f"about {TARGET_EPOCHS} epochs of a power-of-two number of patches (between "
+                        f"{max(64, batch)} and 1024: a small budget gives fewer epochs)")
         else:
             self.keep("train.patches_per_epoch")
         per_epoch = int(self.get("train.patches_per_epoch"))

@@ -56,6 +56,8 @@ def predict_config(model: str, inputs: list[str], out: str | Path, labels: str |
     """The config a ``biapipe predict`` call stands for (a sample sheet is written beside it
     when the inputs are not exactly one folder)."""
     out = Path(out).resolve()
+    if not Path(model).exists():  # before anything is written to the output folder
+        raise InputError(model, "model not found")
     if not EXPERIMENT_NAME.fullmatch(out.name):
         raise ConfigError("--out", f"the folder name {out.name!r} must be letters, digits, _ . - (it names the run)")
     cfg: dict[str, Any] = {"experiment": out.name, "results": str(out.parent), "model": str(Path(model).resolve())}

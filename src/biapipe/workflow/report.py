@@ -159,7 +159,8 @@ def headline(task: Task, results: str | Path) -> list[str]:
         n = int(summary.loc[0, "n_images"]) if "n_images" in summary.columns else 0
         score = (f"main score: {task.main_score_name} = {float(summary.loc[0, task.main_score]):.4f} on {n} "
                  f"scored images (summary.csv: {task.main_score})")
-    where = f"outputs: {results}/ ({task.output_dir}/, metrics.csv, summary.csv); report: {results / 'report.html'}"
+    written = [f"{task.output_dir}/"] + [name for name in ("metrics.csv", "summary.csv") if (results / name).is_file()]
+    where = f"outputs: {results}/ ({', '.join(written)}); report: {results / 'report.html'}"
     return [what, score, where]
 
 

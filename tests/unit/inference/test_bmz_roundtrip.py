@@ -225,3 +225,13 @@ def test_bioimageio_core_runs_each_package(workflow: str, tmp_path: Path) -> Non
     for weights in ("torchscript", "pytorch_state_dict"):
         summary = core.test_model(package, weight_format=weights)
         assert summary.status == "passed", summary.format()
+
+
+def test_predict_given_a_file_name_says_it_takes_an_array(tmp_path: Path) -> None:
+    from biapipe.core.errors import InputError
+
+    checkpoint, _ = model_file(tmp_path, "semantic")
+    raw_path, _ = raw_image(tmp_path)
+    with pytest.raises(InputError, match="takes an image array, not a file name") as caught:
+        biapipe.predict(checkpoint, str(raw_path))
+    assert caught.value.path == str(raw_path)

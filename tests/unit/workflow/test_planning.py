@@ -9,6 +9,7 @@ import yaml
 from conftest import write_tif
 
 from biapipe.core.config import validate_config
+from biapipe.core.errors import InputError
 from biapipe.data import fingerprint as fingerprint_module
 from biapipe.data.fingerprint import fingerprint, sample_ids
 from biapipe.data.samples import Sample
@@ -152,6 +153,20 @@ def test_the_fingerprint_reads_each_image_once(tmp_path, monkeypatch):
     assert fp["shape_median"] == [64, 64] and fp["channels"] == 1 and fp["images"] == 3
     assert fingerprint(samples, 2, None, None, task.label_stats, tmp_path / "cache.json") == fp
     assert len(calls) == 3  # the second fingerprint read no pixels
+
+
+@pytest.mark.parametrize("value, problem", [(np.nan, "NaN"), (1.5, "non-integer")])
+def test_a_bad_label_met_while_planning_names_its_file(tmp_path, value, problem):
+    image = np.full((32, 32), 100, np.uint16)
+    label = np.zeros((32, 32), np.float32)
+    label[8:16, 8:16] = 1
+    label[20, 20] = value
+    bad = str(write_tif(tmp_path / "lb" / "bad.tif", label))
+    samples = [Sample("bad", str(write_tif(tmp_path / "im" / "bad.tif", image)), bad, "train")]
+    task = get_task(validate_config(raw()))
+    with pytest.raises(InputError, match=problem) as caught:
+        fingerprint(samples, 2, None, None, task.label_stats, None)
+    assert caught.value.path == bad
 
 
 # --------------------------------------------------------------------------- in the parsed workflow

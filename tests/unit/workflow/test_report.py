@@ -138,7 +138,12 @@ def test_the_page_holds_tables_gallery_and_config(tmp_path):
     lines = headline(task, out)
     assert lines[0] == "hand: semantic workflow, 2D; trained 2 epochs; 3 test images predicted"
     assert lines[1].startswith("main score: foreground IoU (pooled over pixels) = 0.5000 on 3 scored images")  # 384 / 768 pixels
-    assert lines[2].endswith(f"report: {out}/report.html")
+    assert lines[2] == f"outputs: {out}/ ({task.output_dir}/, metrics.csv, summary.csv); report: {out}/report.html"
+    (out / "metrics.csv").unlink()  # a run without ground truth writes no scores: none are listed
+    (out / "summary.csv").unlink()
+    lines = headline(task, out)
+    assert lines[1] == "main score: none (no test image has ground truth)"
+    assert lines[2] == f"outputs: {out}/ ({task.output_dir}/); report: {out}/report.html"
     assert validate_config(__import__("yaml").safe_load((out / "config.yaml").read_text()))["experiment"] == "hand"
 
 

@@ -167,8 +167,8 @@ class InstanceTask(ClassedSamples):
         """Of the bright blobs of the channels' mean (nuclei, cells in fluorescence)."""
         return blob_diameter(np.asarray(image, dtype=np.float32).mean(axis=-1), self.spec.sampling(self.ndim))
 
-    def label_stats(self, label: np.ndarray) -> dict[str, float] | None:
-        return object_stats(prepare_labels(label), self.spec.sampling(self.ndim))
+    def label_stats(self, label: np.ndarray, path: str | Path | None = None) -> dict[str, float] | None:
+        return object_stats(prepare_labels(label, path), self.spec.sampling(self.ndim))
 
     def planned(self, fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
                 has_validation: bool) -> list[tuple[str, Any, str]]:
