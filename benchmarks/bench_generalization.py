@@ -195,8 +195,11 @@ def make_config(name: str, code: Path, patches: int, sheet: Path, experiment: st
     return cfg
 
 
-def write_sheet(path: Path, train: list[tuple[Path, Path]], test: list[tuple[Path, Path]]) -> None:
+def write_sheet(path: Path, train: list[tuple[Path, Path]], test: list[tuple[Path, Path]],
+                val: list[tuple[Path, Path]] = ()) -> None:
+    """The run's sample sheet; without ``val`` rows the workflow splits ``train.val_fraction`` off."""
     rows = [{"image": str(i), "label": str(lab), "split": "train"} for i, lab in train]
+    rows += [{"image": str(i), "label": str(lab), "split": "val"} for i, lab in val]
     rows += [{"image": str(i), "label": str(lab), "split": "test"} for i, lab in test]
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(path, index=False)
@@ -298,13 +301,13 @@ def collect(folder: Path, experiment: str, subsets: dict[str, list[str]]) -> lis
 
 
 def run_one(args: argparse.Namespace, work: Path, kind: str, name: str, train: list[tuple[Path, Path]],
-            test: dict[str, list[tuple[Path, Path]]]) -> None:
+            test: dict[str, list[tuple[Path, Path]]], val: list[tuple[Path, Path]] = ()) -> None:
     """Train on ``train``, predict and score every test subset (name -> pairs) in one workflow run."""
     label = args.label or args.config
     experiment = f"{label}_{kind}_{name}".replace("/", "_")
     folder = work / "runs" / experiment
     sheet = folder / "samples.csv"
-    write_sheet(sheet, train, [p for pairs in test.values() for p in pairs])
+    write_sheet(sheet, train, [p for pairs in test.values() for p in pairs], val)
     keep = [f"train.keep_epochs={args.keep_epochs}"] if args.keep_epochs else []
     cfg = make_config(args.config, Path(args.code), args.patches, sheet, experiment, args.set + keep)
     wall = run_experiment(folder, cfg, Path(args.code), folder / "snakemake.log")
@@ -380,6 +383,9 @@ def main() -> None:
     parser.add_argument("--keep-epochs", type=int, default=0, help="keep the weights of every N-th epoch "
                         "(train.keep_epochs) and score each on the test sets with the run's tuned thresholds "
                         "(to WORKDIR/epochs.jsonl)")
+    parser.add_argument("--val-group", default=None, help="validate on this whole group (another unseen type: "
+                        "it chooses best.pt and tunes the thresholds) instead of a random share of the training "
+                        "images; it is not trained on")
     parser.add_argument("--table", action="store_true", help="print the table of the results so far")
     args = parser.parse_args()
     check_label(args.label or args.config, Path(args.code))
@@ -400,9 +406,14 @@ def main() -> None:
     for group in groups:
         if group not in GROUPS:
             raise SystemExit(f"unknown group {group} (known: {', '.join(GROUPS)})")
-        train = [pair[i] for i in images.loc[images["group"] != group, "image"]]
+        if args.val_group is not None and args.val_group not in GROUPS:
+            raise SystemExit(f"unknown --val-group {args.val_group} (known: {', '.join(GROUPS)})")
+        if args.val_group == group:
+            raise SystemExit(f"--val-group {group} is the held-out group")
+        train = [pair[i] for i in images.loc[~images["group"].isin([group, args.val_group]), "image"]]
+        val = [pair[i] for i in images.loc[images["group"] == args.val_group, "image"]]
         test = [pair[i] for i in images.loc[images["group"] == group, "image"]]
-        run_one(args, work, "leave-type-out", group, train, {group: test})
+        run_one(args, work, "leave-type-out", group, train, {group: test}, val)
     if args.cross:
         run_one(args, work, "cross", "dsb_all", list(pair.values()), {n: cross_pairs(n, work) for n in CROSS})
 
