@@ -26,8 +26,7 @@ def _no_wait_for_an_absent_slurm_controller(tmp_path_factory: pytest.TempPathFac
     answers (a development machine between ``make slurm-up`` runs). Then the workflow tests'
     Snakemake processes find an ``scontrol`` that fails at once; with a cluster up (CI) nothing
     changes, and the SLURM tests run against the real one."""
-    if shutil.which("scontrol") is None or subprocess.run(["scontrol", "ping"], capture_output=True,
-                                                          timeout=30).returncode == 0:
+    if shutil.which("scontrol") is None or _slurm_controller_answers():
         yield
         return
     stub = tmp_path_factory.mktemp("no_slurm") / "scontrol"
@@ -37,6 +36,13 @@ def _no_wait_for_an_absent_slurm_controller(tmp_path_factory: pytest.TempPathFac
     os.environ["PATH"] = f"{stub.parent}{os.pathsep}{old}"
     yield
     os.environ["PATH"] = old
+
+
+def _slurm_controller_answers() -> bool:
+    try:
+        return subprocess.run(["scontrol", "ping"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def write_tif(path: Path, arr: np.ndarray) -> Path:
