@@ -403,11 +403,11 @@ def main() -> None:
         return
     pair = {r.image: (DSB / "images" / r.image, DSB / "labels" / r.image) for r in images.itertuples()}
     groups = list(GROUPS) if args.groups == "all" else [g for g in args.groups.split(",") if g]
+    if args.val_group is not None and args.val_group not in GROUPS:
+        raise SystemExit(f"unknown --val-group {args.val_group} (known: {', '.join(GROUPS)})")
     for group in groups:
         if group not in GROUPS:
             raise SystemExit(f"unknown group {group} (known: {', '.join(GROUPS)})")
-        if args.val_group is not None and args.val_group not in GROUPS:
-            raise SystemExit(f"unknown --val-group {args.val_group} (known: {', '.join(GROUPS)})")
         if args.val_group == group:
             raise SystemExit(f"--val-group {group} is the held-out group")
         train = [pair[i] for i in images.loc[~images["group"].isin([group, args.val_group]), "image"]]
