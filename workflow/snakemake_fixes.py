@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import snakemake.executors.local as local_executor
 from snakemake.jobs import GroupJob
 from snakemake.logging import logger
 from snakemake.scheduling.job_scheduler import JobScheduler
@@ -66,6 +67,30 @@ def one_reevaluation_timer() -> None:
     JobScheduler._schedule_reevalutation = schedule_reevaluation
 
 
+def no_traceback_for_expected_failures() -> None:
+    """Show an expected failure of a ``run:`` job (bad input, disk full) as its one line.
+
+    Snakemake formats an exception raised in a ``run:`` block with the frames it passed through
+    (the rule's line and the stage wrapper's), which reads as a crash under a message that says
+    what to fix. A :class:`BiapipeError` is raised without its library frames for that reason;
+    this drops the last two. Any other exception (a bug) keeps its traceback.
+    """
+    if hasattr(local_executor, "_biapipe_format_error"):
+        return
+    from biapipe.core.errors import BiapipeError
+
+    original = local_executor.format_error
+    local_executor._biapipe_format_error = original
+
+    def format_error(ex: BaseException, *args: Any, **kwargs: Any) -> str:
+        if isinstance(ex, BiapipeError):
+            kwargs["show_traceback"] = False
+        return original(ex, *args, **kwargs)
+
+    local_executor.format_error = format_error
+
+
 def apply() -> None:
     log_group_errors()
     one_reevaluation_timer()
+    no_traceback_for_expected_failures()

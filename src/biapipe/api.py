@@ -43,7 +43,7 @@ def predict(model: str | Path, image: np.ndarray, *, axes: str | None = None, pr
     cfg = config_with_model(given)
     task = get_task(cfg)
     info = read_model_info(model)
-    array = canonical_image(np.asarray(image), cfg["ndim"], "image", axes)
+    array = canonical_image(np.asarray(image), cfg["ndim"], "image", axes, expects=f"the model {model} has")
     if array.shape[-1] != info.in_channels:
         raise InputError("image", f"has {array.shape[-1]} channel(s) but the model {model} takes {info.in_channels}")
     check_finite(array, "image")

@@ -127,8 +127,9 @@ def test_biapipe_predict_command(trained: Path, capsys: pytest.CaptureFixture) -
                                       tifffile.imread(src / "labels" / f"{i}.tif"))
     pd.testing.assert_frame_equal(pd.read_csv(out / "metrics.csv"), pd.read_csv(src / "metrics.csv"))
     assert "model: " in (out / "predict.yaml").read_text() and (out / "report.html").is_file()
-    capsys.readouterr()
+    printed = capsys.readouterr().out  # the run ends on its headline, as `biapipe summary` gives it
     assert main(["summary", str(out)]) == 0
-    assert "model " in capsys.readouterr().out
+    headline = capsys.readouterr().out
+    assert "model " in headline and printed.endswith(headline)
     assert main(["predict", str(src / "model" / "model.pt"), str(images), "--out", str(out), "-n",
                  "--set", "predict.tile_size=[32, 32]"]) == 0  # a folder: planned from the folder, no sheet

@@ -79,7 +79,24 @@ def test_a_truncated_test_image_stops_the_run_before_training(tmp_path: Path) ->
     assert f"{bad}: cannot read the file (truncated" in out
     assert not (tmp_path / "results" / "trunc" / "model" / "best.pt").exists()
     assert "epoch" not in (tmp_path / "results" / "trunc" / "logs" / "train.log").read_text()  # no training started
-    assert "Traceback" not in out and out.count('  File "') <= 2
+    assert "Traceback" not in out and out.count('  File "') == 0
+
+
+def test_a_truncated_training_image_stops_its_job_with_one_line(tmp_path: Path) -> None:
+    """Found while preparing (a ``run:`` job, past planning): the message, not Snakemake's frames."""
+    make_demo_data(tmp_path / "data", 2, 2, 1, 2, 48, seed=1)
+    bad = tmp_path / "data" / "train" / "images" / "train_001.tif"
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(bad, tifffile.imread(bad))
+    _truncate(bad)
+    cfg = tiny_config(tmp_path / "data", "semantic", "trunc", targets={"binarize": True})
+    proc = snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"{bad}: cannot read the file (truncated or corrupt?" in out
+    assert "Error in rule prepare" in out
+    assert not (tmp_path / "results" / "trunc" / "model" / "best.pt").exists()
+    assert "Traceback" not in out and out.count('  File "') == 0
 
 
 def test_test_images_may_have_the_training_images_names(tmp_path: Path) -> None:

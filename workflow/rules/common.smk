@@ -11,7 +11,7 @@ from biapipe.core.errors import BiapipeError
 from biapipe.workflow import smk, stages
 from biapipe.workflow.wiring import Wiring
 
-runpy.run_path(f"{workflow.basedir}/snakemake_fixes.py")["apply"]()  # group errors, scheduler wake-ups
+runpy.run_path(f"{workflow.basedir}/snakemake_fixes.py")["apply"]()  # group errors, scheduler wake-ups, one-line input errors
 
 try:
     PLAN = smk.make_plan(config, workflow.basedir)

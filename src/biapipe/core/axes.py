@@ -17,14 +17,16 @@ MAX_IMPLICIT_CHANNELS = 4
 
 
 def canonical_image(
-    arr: np.ndarray, ndim: int, path: str | Path | None = None, axes: str | None = None
+    arr: np.ndarray, ndim: int, path: str | Path | None = None, axes: str | None = None,
+    expects: str = "the config has",
 ) -> np.ndarray:
     """Return an image as spatial axes followed by one channel axis, (Z)YXC.
 
     ``axes`` (letters from "TCZYX", e.g. "CZYX") says how ``arr`` is laid out; without
     it a trailing axis of at most 4 beyond ``ndim`` spatial axes is taken as channels
     (RGB, RGBA, a few fluorescence channels). Anything else is an error that names the
-    file, because silently treating Z as channels trains on nonsense.
+    file, because silently treating Z as channels trains on nonsense. ``expects`` says whose
+    ``ndim`` the array must have, for the message ("the model has" for a notebook call).
     """
     if axes:
         return _apply_axes(arr, axes.upper(), ndim, path)
@@ -33,11 +35,11 @@ def canonical_image(
     if arr.ndim == ndim + 1 and arr.shape[-1] <= MAX_IMPLICIT_CHANNELS:
         return arr
     if arr.ndim == ndim + 1 and ndim == 2:
-        raise InputError(path, f"array of shape {arr.shape} looks 3D (ZYX) but the config has ndim: 2")
+        raise InputError(path, f"array of shape {arr.shape} looks 3D (ZYX) but {expects} ndim: 2")
     if arr.ndim == ndim + 1 and ndim == 3 and arr.shape[0] <= MAX_IMPLICIT_CHANNELS:
         return np.moveaxis(arr, 0, -1)
     if arr.ndim < ndim:
-        raise InputError(path, f"array of shape {arr.shape} is {arr.ndim}D but the config has ndim: {ndim}")
+        raise InputError(path, f"array of shape {arr.shape} is {arr.ndim}D but {expects} ndim: {ndim}")
     raise InputError(
         path,
         f"cannot tell the axes of an array of shape {arr.shape} for ndim: {ndim}; set data.axes (e.g. 'CZYX')",

@@ -74,7 +74,7 @@ def open_array(path: str | Path, palette: bool = False) -> Any:
     except InputError:
         raise
     except Exception as exc:  # tifffile/zarr raise many types for corrupt files
-        raise InputError(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
+        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
     raise InputError(path, f"unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)})")
 
 
@@ -103,7 +103,7 @@ def read_array(path: str | Path, palette: bool = False) -> np.ndarray:
     try:
         return np.asarray(arr[...])
     except Exception as exc:
-        raise InputError(path, f"cannot read file ({type(exc).__name__}: {exc})") from exc
+        raise InputError(path, f"cannot read the file (truncated or corrupt? {type(exc).__name__}: {exc})") from exc
 
 
 def read_image(path: str | Path, ndim: int, axes: str | None = None) -> np.ndarray:

@@ -21,6 +21,7 @@ from ..core.config import EXPERIMENT_NAME, merge
 from ..core.errors import BiapipeError, ConfigError, InputError
 from ..core.imageio import image_id, write_csv, write_text
 from ..data.samples import list_images
+from .report import CONFIG_FILE, summary_lines
 
 #: The workflow this command runs (a source checkout's; the package does not ship it).
 SNAKEFILE = Path(__file__).resolve().parents[3] / "workflow" / "Snakefile"
@@ -103,4 +104,7 @@ def predict_command(model: str, inputs: list[str], out: str | Path, labels: str 
     if dry_run:
         cmd.append("-n")
     print(f"biapipe predict: config {config_file}; outputs in {out}/", file=sys.stderr)
-    return subprocess.run(cmd).returncode
+    status = subprocess.run(cmd).returncode
+    if status == 0 and not dry_run and (out / CONFIG_FILE).is_file():
+        print("\n".join(summary_lines(out)))  # the run's headline, not Snakemake's last log line
+    return status

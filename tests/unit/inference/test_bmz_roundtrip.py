@@ -235,3 +235,11 @@ def test_predict_given_a_file_name_says_it_takes_an_array(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="takes an image array, not a file name") as caught:
         biapipe.predict(checkpoint, str(raw_path))
     assert caught.value.path == str(raw_path)
+
+
+def test_predict_given_a_volume_for_a_2d_model_names_the_model(tmp_path: Path) -> None:
+    from biapipe.core.errors import InputError
+
+    checkpoint, _ = model_file(tmp_path, "semantic")
+    with pytest.raises(InputError, match=rf"shape \(8, 32, 32\) looks 3D \(ZYX\) but the model {checkpoint} has ndim: 2"):
+        biapipe.predict(checkpoint, np.zeros((8, 32, 32), np.float32))
