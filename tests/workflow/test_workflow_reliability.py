@@ -61,21 +61,23 @@ def test_a_reordered_config_with_defaults_spelled_out_plans_nothing(tmp_path: Pa
     assert plan.get("postprocess") == 2 and "train" not in plan
 
 
-def _truncate(path: Path) -> None:
-    data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 3])
+def _run_with_a_truncated_image(tmp_path: Path, image: str) -> tuple[Path, int, str]:
+    """A semantic run whose ``image`` (e.g. "test/images/test_001.tif") lost two thirds of its
+    bytes: (that file, Snakemake's exit status, its console output)."""
+    make_demo_data(tmp_path / "data", 2, 2, 1, 2, 48, seed=1)
+    bad = tmp_path / "data" / image
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(bad, tifffile.imread(bad))  # uncompressed, so the header outlives the cut
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 3])
+    cfg = tiny_config(tmp_path / "data", "semantic", "trunc", targets={"binarize": True})
+    proc = snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), check=False)
+    return bad, proc.returncode, proc.stdout + proc.stderr
 
 
 def test_a_truncated_test_image_stops_the_run_before_training(tmp_path: Path) -> None:
-    make_demo_data(tmp_path / "data", 2, 2, 1, 2, 48, seed=1)
-    bad = tmp_path / "data" / "test" / "images" / "test_001.tif"
-    tifffile = pytest.importorskip("tifffile")
-    tifffile.imwrite(bad, tifffile.imread(bad))  # uncompressed, so the header outlives the cut
-    _truncate(bad)
-    cfg = tiny_config(tmp_path / "data", "semantic", "trunc", targets={"binarize": True})
-    proc = snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    bad, status, out = _run_with_a_truncated_image(tmp_path, "test/images/test_001.tif")
+    assert status != 0
     assert f"{bad}: cannot read the file (truncated" in out
     assert not (tmp_path / "results" / "trunc" / "model" / "best.pt").exists()
     assert "epoch" not in (tmp_path / "results" / "trunc" / "logs" / "train.log").read_text()  # no training started
@@ -84,15 +86,8 @@ def test_a_truncated_test_image_stops_the_run_before_training(tmp_path: Path) ->
 
 def test_a_truncated_training_image_stops_its_job_with_one_line(tmp_path: Path) -> None:
     """Found while preparing (a ``run:`` job, past planning): the message, not Snakemake's frames."""
-    make_demo_data(tmp_path / "data", 2, 2, 1, 2, 48, seed=1)
-    bad = tmp_path / "data" / "train" / "images" / "train_001.tif"
-    tifffile = pytest.importorskip("tifffile")
-    tifffile.imwrite(bad, tifffile.imread(bad))
-    _truncate(bad)
-    cfg = tiny_config(tmp_path / "data", "semantic", "trunc", targets={"binarize": True})
-    proc = snakemake(tmp_path, write_config(tmp_path / "c.yaml", cfg), check=False)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    bad, status, out = _run_with_a_truncated_image(tmp_path, "train/images/train_001.tif")
+    assert status != 0
     assert f"{bad}: cannot read the file (truncated or corrupt?" in out
     assert "Error in rule prepare" in out
     assert not (tmp_path / "results" / "trunc" / "model" / "best.pt").exists()
