@@ -1,7 +1,10 @@
 """Self-supervised pre-training (``workflow: self_supervised``) against training from scratch,
 when few images are labelled.
 
-Data: DSB2018 fluorescence nuclei (``dsb2018_train_fluo``, 541 images). A fixed test set of
+Data (``--data``): DSB2018 fluorescence nuclei (``fluo``: ``dsb2018_train_fluo``, 541 images), or
+its brightfield and H&E images (``color``: ``dsb2018_train_color``, 123 images made grey by the
+mean of R, G and B; dark nuclei on a light background, a harder set where the labels matter
+more). A fixed test set of
 ``--test`` images (a seeded draw) is held out of everything: of pre-training and of the
 labelled subsets. The other images are the lab's collection: pre-training reconstructs all of
 them without their labels (``--pretrain`` patches of 128², pretext ``masked`` and/or
@@ -16,7 +19,7 @@ The library is called directly (bench_finetune.py's helpers), in a temporary fol
 ``--workdir``, which keeps the pre-trained models). Prints one row per run as it ends, then
 one markdown table.
 
-    .venv/bin/python benchmarks/bench_pretrain.py [--pretrain 2048] [--patches 512] [--pretexts masked degraded]
+    .venv/bin/python benchmarks/bench_pretrain.py [--data fluo] [--pretrain 2048] [--patches 512] [--pretexts masked degraded]
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_finetune import PATCHES_PER_EPOCH, SOURCE, experiment, prepare, score  # noqa: E402
+from bench_finetune import PATCHES_PER_EPOCH, SHARED, experiment, prepare, score  # noqa: E402
 
 from biapipe.core.config import validate_config  # noqa: E402
 from biapipe.core.imageio import image_id  # noqa: E402
@@ -74,6 +78,20 @@ def pretext_config(pretext: str, epochs: int, threads: int) -> dict[str, Any]:
     })
 
 
+def grey_copy(folder: Path, out: Path) -> Path:
+    """``folder``'s images as grey uint8 (the mean of R, G, B), labels linked: written once to ``out``."""
+    for name in sorted(p.name for p in (folder / "images").glob("*.tif")):
+        image, label = out / "images" / name, out / "labels" / name
+        if not label.exists():
+            pixels = tifffile.imread(folder / "images" / name)
+            image.parent.mkdir(parents=True, exist_ok=True)
+            label.parent.mkdir(parents=True, exist_ok=True)
+            grey = pixels[..., :3].mean(axis=-1) if pixels.ndim == 3 else pixels
+            tifffile.imwrite(image, grey.astype(np.uint8))
+            label.symlink_to(folder / "labels" / name)
+    return out
+
+
 def split(names: list[str], n_test: int) -> tuple[list[str], list[str]]:
     """(test names, the others in a seeded order: a labelled subset is a prefix of them)."""
     order = [names[i] for i in np.random.default_rng(2026).permutation(len(names))]
@@ -82,6 +100,7 @@ def split(names: list[str], n_test: int) -> tuple[list[str], list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=["fluo", "color"], default="fluo", help="DSB2018 fluo, or brightfield/H&E")
     parser.add_argument("--pretrain", type=int, default=2048, help="patches of 128² of self-supervised pre-training")
     parser.add_argument("--patches", type=int, default=512, help="patches of 128² of each segmentation training")
     parser.add_argument("--pretexts", nargs="+", default=["masked", "degraded"], choices=["masked", "degraded"])
@@ -94,21 +113,23 @@ def main() -> None:
     parser.add_argument("--skip-scratch", action="store_true", help="only the pre-trained starts (another call ran scratch)")
     parser.add_argument("--workdir", help="keep intermediate files (and the pre-trained models) here")
     args = parser.parse_args()
-    if not SOURCE.is_dir():
-        raise SystemExit(f"real data not found: {SOURCE}")
+    dataset = SHARED / f"dsb2018_train_{args.data}"
+    if not dataset.is_dir():
+        raise SystemExit(f"real data not found: {dataset}")
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore", message="no object seeds")
     torch.set_num_threads(args.threads)
     epochs = max(1, args.patches // PATCHES_PER_EPOCH)
-    names = sorted(image_id(p.name) for p in (SOURCE / "images").glob("*.tif"))
+    names = sorted(image_id(p.name) for p in (dataset / "images").glob("*.tif"))
     test, pool = split(names, args.test)
     subsets = {f: pool[:max(1, round(f * len(pool)))] for f in args.fractions}
     rows: list[tuple[str, int, int, float, dict[str, float]]] = []
     pretrain_min: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench_pretrain_") as tmp:
         work = Path(args.workdir or tmp)
+        source = dataset if args.data == "fluo" else grey_copy(dataset, work / "grey")
         base = experiment(1, args.threads, 0)
-        pairs = dict(zip(pool, prepare(SOURCE, pool, work / "dsb", base)))
+        pairs = dict(zip(pool, prepare(source, pool, work / "dsb", base)))
         sources = {}
         for pretext in args.pretexts:
             sources[pretext] = work / f"ssl_{pretext}_{args.pretrain}" / "last.pt"
@@ -140,12 +161,12 @@ def main() -> None:
                     finally:
                         Freeze.hold = hold  # type: ignore[method-assign]
                     minutes = (time.perf_counter() - start) / 60
-                    scores = score(out / "last.pt", cfg, SOURCE, test)
+                    scores = score(out / "last.pt", cfg, source, test)
                     done.write_text(json.dumps([minutes, {k: float(v) for k, v in scores.items()}]))
                 rows.append((label, len(labelled), epochs * PATCHES_PER_EPOCH, minutes, scores))
                 print(rows[-1], f"seed {seed}", flush=True)
     timing = ", ".join(f"{p} {m:.1f} min" for p, m in pretrain_min.items())
-    print(f"\nDSB2018 fluo: {len(test)} held-out test images; pre-training on the other {len(pool)} without labels, "
+    print(f"\n{dataset.name}: {len(test)} held-out test images; pre-training on the other {len(pool)} without labels, "
           f"{args.pretrain} patches ({timing}); segmentation on {', '.join(f'{len(s)} ({f:.0%})' for f, s in subsets.items())} "
           f"labelled images; {args.threads} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           "no GPU\n")
