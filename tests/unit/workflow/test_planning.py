@@ -59,6 +59,11 @@ def test_a_dsb_like_dataset_plans_biapys_budget_as_the_issue_ran_it():
     assert cfg["postprocess"]["instance"]["seed_contour_depth"] == 0.05  # the tuner's start
     # test images are only zoomed down, so training zooms objects out to half the training scale
     assert train["augment"]["scale_range"] == [0.5, 1.4] and train["augment"]["scale"] == 0.3
+    # instance: wider blur, shape and exposure changes than the schema's nnU-Net-like defaults
+    augment = train["augment"]
+    assert augment["elastic"] == 0.3 and augment["blur"] == 0.3 and augment["blur_range"] == [0.5, 2.0]
+    assert augment["contrast_range"] == [0.5, 1.5] and augment["gamma_range"] == [0.5, 2.0]
+    assert validate_config(raw())["train"]["augment"]["elastic"] == 0.0  # the schema's default, unplanned
     assert set(record.choices) >= {"train.object_diameter", "train.patch_size", "train.epochs", "normalize.method"}
     assert all(choice["why"] for choice in record.choices.values())
 
@@ -70,6 +75,10 @@ def test_a_written_key_wins_even_when_it_equals_the_schema_default():
     assert cfg["train"]["object_diameter"] is None and cfg["predict"]["rescale"] is False
     assert {"train.batch_size", "train.model.depth", "train.object_diameter"} <= set(record.written)
     assert "train.batch_size" not in record.choices
+    # a task's planned key too: an augmentation written as the schema's default stays off
+    off, record = plan(raw(train={"augment": {"elastic": 0.0}}))
+    assert off["train"]["augment"]["elastic"] == 0.0 and "train.augment.elastic" in record.written
+    assert off["train"]["augment"]["blur"] == 0.3
     # with the object scale left as it is, the patch follows the images' own median diameter (17 px)
     assert cfg["train"]["patch_size"] == [128, 128]
 

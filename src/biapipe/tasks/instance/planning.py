@@ -16,6 +16,12 @@ from typing import Any
 #: crowded: a distance channel then separates them better than contours alone.
 CROWDED = 0.02
 
+#: Appearance augmentation for unseen image types, beyond the generic plan's (probabilities and
+#: ranges): out-of-focus blur, smooth shape changes, wider exposure changes. Chosen on the
+#: leave-type-out benchmark at the 40-minute budget (docs/architecture.md).
+APPEARANCE = {"elastic": 0.3, "blur": 0.3, "blur_range": [0.5, 2.0], "brightness_range": [-0.2, 0.2],
+              "contrast_range": [0.5, 1.5], "gamma_range": [0.5, 2.0]}
+
 #: Depth of the contour-map basins that seed objects (``postprocess.instance.seed_contour_depth``),
 #: the tuner's starting point: chosen on the leave-type-out benchmark (docs/architecture.md).
 BASIN_DEPTH = 0.05
@@ -28,6 +34,10 @@ def plan_instance(fingerprint: dict[str, Any] | None, cfg: dict[str, Any],
     if has_validation:
         out.append(("postprocess.instance.tuned", True,
                     "seed and mask thresholds searched on the validation images (F1 at IoU 0.5)"))
+    for key, value in APPEARANCE.items():
+        out.append((f"train.augment.{key}", value,
+                    "blur, shape and exposure changes wider than the training images show: nuclei of an unseen "
+                    "image type differ from the training types in focus, shape and brightness"))
     out.append(("postprocess.instance.fill_holes", True, "objects have no holes; a hole is a missed pixel"))
     out.append(("postprocess.instance.seed_contour_depth", BASIN_DEPTH,
                 "seeds at the bottom of every contour-map basin this deep rather than below a fixed contour "
